@@ -1,0 +1,57 @@
+"""Device, precision and seeding, decided in a few lines each."""
+
+import contextlib
+import random
+
+import numpy as np
+import torch
+
+from .config import UserError
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """"auto" picks cuda → mps → cpu; an explicit device that is not available is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device auto or cpu)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("--device mps: MPS is not available on this machine (use --device auto or cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+
+
+def pick_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
+    """bf16 autocast on CUDA GPUs that support it, fp32 elsewhere (CPU bf16 is slow and lossy)."""
+    if name == "auto":
+        name = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise UserError(f"--dtype {name!r} is unknown; use one of auto, {', '.join(dtypes)}")
+    return dtypes[name]
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Mixed precision for the forward pass; a no-op for float32. Weights stay float32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A private random stream, so sampling and data order don't depend on what ran before."""
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g

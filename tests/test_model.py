@@ -1,0 +1,131 @@
+"""The GPT: causality, the KV cache, learning, initial loss."""
+
+import math
+
+import pytest
+import torch
+
+from rpo_mini.model import GPT, GPTConfig
+
+EOT = 0
+
+
+def tiny(n_layer=2, vocab=50, block=32, **kw):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=vocab, block_size=block, n_layer=n_layer, n_head=2, n_embd=32, **kw)).eval()
+
+
+def test_causality_future_tokens_never_change_past_logits():
+    model = tiny()
+    x = torch.randint(1, 50, (2, 16))
+    y = x.clone()
+    y[:, 9:] = torch.randint(1, 50, (2, 7))
+    with torch.no_grad():
+        a, b = model(x), model(y)
+    assert torch.allclose(a[:, :9], b[:, :9], atol=1e-6)
+    assert not torch.allclose(a[:, 9:], b[:, 9:], atol=1e-3)  # the test can see a change
+
+
+def test_kv_cache_sampling_equals_full_recompute():
+    model = tiny()
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13, 14]]  # ragged: exercises left padding
+    outs = []
+    for use_cache in (True, False):
+        g = torch.Generator().manual_seed(123)
+        outs.append(model.generate(prompts, 12, EOT, generator=g, use_cache=use_cache, return_logprobs=True))
+    (t1, lp1), (t2, lp2) = outs
+    assert torch.equal(t1, t2)
+    assert torch.allclose(lp1, lp2, atol=1e-5)
+
+
+def test_sampled_logprobs_match_an_unpadded_forward():
+    """Each row, run alone and unpadded through forward(), gives the log-probs generate() recorded."""
+    model = tiny()
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13, 14]]
+    g = torch.Generator().manual_seed(7)
+    new, logps = model.generate(prompts, 10, EOT, generator=g, return_logprobs=True)
+    for b, p in enumerate(prompts):
+        row = new[b].tolist()
+        n = row.index(EOT) + 1 if EOT in row else len(row)
+        seq = torch.tensor([p + row[:n]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(seq)[0, len(p) - 1:-1], -1)
+        expected = logp.gather(1, seq[0, len(p):, None]).squeeze(1)
+        assert torch.allclose(logps[b, :n], expected, atol=1e-5)
+        assert (logps[b, n:] == 0).all() and (new[b, n:] == EOT).all()
+
+
+def test_generation_is_reproducible_under_a_seed_and_varies_across_seeds():
+    model = tiny()
+    run = lambda s: model.generate([[1, 2, 3]] * 4, 10, EOT, generator=torch.Generator().manual_seed(s))
+    assert torch.equal(run(1), run(1))
+    assert not torch.equal(run(1), run(2))
+
+
+def test_top_k_one_is_greedy():
+    model = tiny()
+    new = model.generate([[1, 2, 3]], 5, EOT, top_k=1, generator=torch.Generator().manual_seed(0))
+    seq = [1, 2, 3]
+    for _ in range(new.size(1)):
+        with torch.no_grad():
+            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+        if seq[-1] == EOT:
+            break
+    assert new[0, :len(seq) - 3].tolist() == seq[3:]
+
+
+def test_one_layer_model_overfits_a_tiny_batch_and_every_parameter_gets_a_gradient():
+    model = tiny(n_layer=1).train()
+    x = torch.randint(1, 50, (4, 12))
+    targets = torch.roll(x, -1, 1)
+    targets[:, -1] = -1
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    _, first = model(x, targets)
+    first.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    for _ in range(100):
+        opt.zero_grad()
+        _, loss = model(x, targets)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * first.item()
+
+
+def test_fresh_model_loss_is_near_ln_vocab():
+    model = tiny(vocab=300)
+    x = torch.randint(0, 300, (8, 32))
+    _, loss = model(x, torch.roll(x, -1, 1))
+    assert abs(loss.item() - math.log(300)) < 0.1
+
+
+def test_masked_targets_are_ignored():
+    model = tiny()
+    x = torch.randint(1, 50, (2, 10))
+    t = torch.roll(x, -1, 1)
+    t2 = t.clone()
+    t2[:, 5:] = -1
+    logits, loss = model(x, t2)
+    expected = torch.nn.functional.cross_entropy(logits[:, :5].reshape(-1, 50), t[:, :5].reshape(-1))
+    assert torch.allclose(loss, expected, atol=1e-6)
+
+
+def test_hidden_states_feed_the_head_and_flops_count():
+    model = tiny()
+    x = torch.randint(1, 50, (2, 8))
+    with torch.no_grad():
+        assert torch.allclose(model.lm_head(model.hidden_states(x)), model(x), atol=1e-6)
+    cfg = model.config
+    # count by hand: per block 12·C² weights + biases/LN; tied head; no position embedding
+    C, L, V = cfg.n_embd, cfg.n_layer, cfg.vocab_size
+    n = V * C + L * (12 * C * C + 13 * C) + 2 * C
+    assert model.num_params() == n
+    assert model.flops_per_token(8) == 6 * n + 12 * L * 8 * C
+
+
+def test_too_long_input_is_refused_with_a_clear_message():
+    model = tiny(block=8)
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+    with pytest.raises(ValueError, match="block_size"):
+        model.generate([[1, 2, 3]], 6, EOT)
