@@ -1,0 +1,411 @@
+"""The four alignment objectives of rpo_mini, as pure functions over per-sequence tensors.
+
+All four start from KL-regularised reward maximisation,
+
+    max_pi  E_x [ E_{y~pi} r(x,y)  -  tau * KL(pi(.|x) || pi_ref(.|x)) ],
+
+whose optimum is known in closed form:
+
+    pi*(y|x) = pi_ref(y|x) * exp((r(x,y) - V*(x)) / tau),   V*(x) = tau * log Z(x),
+    Z(x)     = sum_y pi_ref(y|x) * exp(r(x,y) / tau).
+
+So the optimal log-ratio rho* = log pi* - log pi_ref = (r - V*) / tau is a shifted, scaled
+reward. The objectives differ in what they do about the unknown shift V*(x):
+
+- RPO  (Reward Partition Optimization, Faye et al., arXiv 2506.13702): estimate log Z(x) once,
+  before training, from the rewards observed for x (`log_partition`), then regress
+  rho onto r/tau - log Z.
+- DRO  (Direct Reward Optimization, Richemond et al., arXiv 2405.19107): learn V(x) with a
+  value network, jointly with the policy, by the same regression.
+- KTO  (Kahneman-Tversky Optimization, Ethayarajh et al., arXiv 2402.01306): binarise the
+  reward and push rho up or down relative to a batch reference point z0.
+- SFT: imitate the good responses (negative log-likelihood).
+
+`log_partition(..., estimator="uniform")` is exact for rewards replaced by their within-prompt
+quantile (`quantile_rewards`), the idea of QRPO (Matrenok et al., arXiv 2507.08068).
+
+Every loss returns `(loss, metrics)`: a scalar tensor and a dict of plain Python floats.
+Shapes: B (or N) is the number of (prompt, response, reward) samples, T the sequence
+length, V the vocabulary size. Log-probabilities are sums over response tokens unless the
+caller chose length-normalised ones (`sequence_logprobs(..., length_normalize=True)`).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+ESTIMATORS = ("mean", "ref", "uniform")
+BINARIZE_THRESHOLDS = ("global", "prompt")
+SFT_MODES = ("best", "all", "above_mean")
+
+
+# ---------------------------------------------------------------------------------------
+# validation and grouping helpers (private)
+# ---------------------------------------------------------------------------------------
+
+def _validate(tau=None, **tensors):
+    """Raise a ValueError naming the first problem instead of letting a NaN appear later.
+
+    The first keyword tensor sets the expected shape: every tensor must be 1-D, non-empty
+    and of that shape; floating tensors must be finite; tau (if given) must be finite and > 0.
+    """
+    (first_name, first), *_ = tensors.items()
+    for name, t in tensors.items():
+        if not torch.is_tensor(t):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 1:
+            raise ValueError(f"{name} must be 1-D (one value per sample), got shape {tuple(t.shape)}")
+        if t.shape != first.shape:
+            raise ValueError(f"shape mismatch: {name} has shape {tuple(t.shape)} "
+                             f"but {first_name} has shape {tuple(first.shape)}")
+        if t.is_floating_point():
+            bad = ~torch.isfinite(t)
+            if bad.any():
+                first_bad = int(bad.nonzero()[0, 0])
+                raise ValueError(f"{int(bad.sum())} non-finite {name}, first at index {first_bad}")
+    if first.numel() == 0:
+        raise ValueError(f"{first_name} is empty: need at least one sample")
+    if tau is not None:
+        tau = float(tau)
+        if not (math.isfinite(tau) and tau > 0):
+            raise ValueError(f"tau must be a finite number > 0, got {tau}")
+    return tau
+
+
+def _float(rewards):
+    """Rewards as a float tensor, keeping float64 (for gradcheck) and float32 as they are."""
+    return rewards if rewards.is_floating_point() else rewards.float()
+
+
+def _groups(prompt_ids):
+    """Map prompt ids to dense group indices 0..G-1; return (group index [N], group sizes [G])."""
+    _, group, counts = torch.unique(prompt_ids, return_inverse=True, return_counts=True)
+    return group, counts
+
+
+def _group_logsumexp(values, group, num_groups):
+    """log sum_{j in group g} exp(values_j) for each group g, without a Python loop.
+
+    Subtracting the group maximum first keeps exp() in [0, 1], so r/tau = 1e4 cannot overflow.
+    The maximum is a constant shift, so detaching it leaves the gradient (a softmax) exact.
+    """
+    fill = torch.full((num_groups,), -math.inf, dtype=values.dtype, device=values.device)
+    peak = fill.scatter_reduce(0, group, values.detach(), "amax")
+    summed = torch.zeros_like(fill).index_add(0, group, torch.exp(values - peak[group]))
+    return peak + torch.log(summed)
+
+
+def _group_mean(values, group, counts):
+    """Mean of `values` within each group, returned per group [G]."""
+    sums = torch.zeros(len(counts), dtype=values.dtype, device=values.device).index_add(0, group, values)
+    return sums / counts.to(values.dtype)
+
+
+def _near(a, b):
+    """Floating tolerance for 'equal to the mean': a group of equal rewards must tie with its
+    own mean even though summing then dividing can round the mean by an ulp or two."""
+    return (a - b).abs() <= 1e-6 * (1.0 + b.abs())
+
+
+def _means(**tensors):
+    """Detached means as Python floats, for logging (at least float32, float64 kept)."""
+    return {name: float(t.detach().to(torch.promote_types(t.dtype, torch.float32)).mean())
+            for name, t in tensors.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# log-probabilities of responses
+# ---------------------------------------------------------------------------------------
+
+def sequence_logprobs(logits, tokens, response_mask, length_normalize=False):
+    """log pi(y|x): the summed (or mean) log-probability of each sequence's response tokens.
+
+    logits (B, T, V) from the model run on tokens (B, T); response_mask (B, T) is 1 on the
+    response tokens of `tokens` (end-of-text included), 0 on prompt and padding.
+    Returns (B,) float32:  sum_{t >= 1} mask[t] * log softmax(logits[t-1])[tokens[t]]
+    (divided by sum_t mask[t] when length_normalize; position 0 is never predicted).
+    Why: every objective here is written in terms of log pi(y|x) of the whole response.
+    """
+    if logits.dim() != 3 or tokens.shape != logits.shape[:2] or response_mask.shape != tokens.shape:
+        raise ValueError(f"expected logits (B, T, V) and tokens, response_mask (B, T); got "
+                         f"{tuple(logits.shape)}, {tuple(tokens.shape)}, {tuple(response_mask.shape)}")
+    # Logits at position t predict token t+1, so labels and mask shift left by one.
+    mask = response_mask[:, 1:].bool()
+    # Masked labels become 0 so that any padding id (even -1) is a valid gather index.
+    labels = tokens[:, 1:].long().masked_fill(~mask, 0)
+    # float32 log-softmax: bf16 log-probs summed over a response lose several digits.
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    token_logp = torch.gather(logp, -1, labels.unsqueeze(-1)).squeeze(-1)
+    # where(), not multiply: a -inf logit at a prompt position must not leak in as 0 * -inf.
+    total = torch.where(mask, token_logp, torch.zeros_like(token_logp)).sum(-1)
+    if length_normalize:
+        total = total / mask.sum(-1).clamp(min=1)
+    return total
+
+
+# ---------------------------------------------------------------------------------------
+# RPO's partition estimate (computed once, before training)
+# ---------------------------------------------------------------------------------------
+
+def log_partition(rewards, prompt_ids, tau, estimator="mean", ref_logps=None):
+    """log Z_hat(x_i) for every sample i, from the group I_x of samples sharing its prompt.
+
+    rewards (N,), prompt_ids (N,) integer, ref_logps (N,) for "ref". Returns (N,) float.
+      "mean":    log Z_hat = logsumexp_{j in I_x}(r_j / tau) - log |I_x|    (Monte Carlo, y ~ pi_ref)
+      "ref":     log Z_hat = logsumexp_{j in I_x}(ref_logps_j + r_j / tau)  (the authors' code)
+      "uniform": log Z     = log(tau * (exp(1/tau) - 1))                    (rewards in [0, 1] are
+                 within-prompt quantiles, hence Uniform(0, 1) under pi_ref: exact, nothing to estimate)
+    Why: tau * log Z(x) = V*(x) is the shift that makes pi* normalise; RPO fixes it up front.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; valid: {', '.join(ESTIMATORS)}")
+    if estimator == "ref" and ref_logps is None:
+        raise ValueError('estimator="ref" needs ref_logps (the reference log-probs of each response)')
+    extra = {"ref_logps": ref_logps} if estimator == "ref" else {}
+    tau = _validate(tau, rewards=rewards, prompt_ids=prompt_ids, **extra)
+    rewards = _float(rewards)
+
+    if estimator == "uniform":
+        if rewards.min() < 0 or rewards.max() > 1:
+            raise ValueError('estimator="uniform" assumes quantile rewards in [0, 1] '
+                             "(see quantile_rewards)")
+        # log(tau (e^{1/tau} - 1)) = log tau + 1/tau + log(1 - e^{-1/tau}): finite for any tau > 0.
+        value = math.log(tau) + 1.0 / tau + math.log(-math.expm1(-1.0 / tau))
+        return torch.full_like(rewards, value)
+
+    group, counts = _groups(prompt_ids)
+    scaled = rewards / tau
+    if estimator == "ref":
+        scaled = scaled + ref_logps.to(rewards.dtype)
+    log_z = _group_logsumexp(scaled, group, len(counts))
+    if estimator == "mean":
+        log_z = log_z - torch.log(counts.to(rewards.dtype))
+    return log_z[group]
+
+
+def rpo_targets(rewards, log_z, tau):
+    """RPO's regression target for the log-ratio, per sample.
+
+    rewards (B,), log_z (B,) from log_partition. Returns (B,):  r / tau - log Z_hat(x).
+    Why: it is rho* = (r - V*) / tau with V* estimated as tau * log Z_hat.
+    """
+    tau = _validate(tau, rewards=rewards, log_z=log_z)
+    return _float(rewards) / tau - log_z
+
+
+def quantile_rewards(rewards, prompt_ids):
+    """Each reward replaced by its mid-rank quantile within its prompt's group, in [0, 1].
+
+    rewards (N,), prompt_ids (N,). Returns (N,) float. For a group of size n:
+      q_i = (#{j : r_j < r_i} + 0.5 * (#{j : r_j = r_i} - 1)) / (n - 1),  and q = 0.5 if n = 1.
+    Why: quantiles of pi_ref samples are Uniform(0, 1), which makes log Z exact ("uniform").
+    """
+    _validate(rewards=rewards, prompt_ids=prompt_ids)
+    rewards = _float(rewards)
+    group, counts = _groups(prompt_ids)
+    # Sort by (group, reward): a stable sort by reward, then a stable sort by group.
+    by_reward = torch.sort(rewards, stable=True).indices
+    order = by_reward[torch.sort(group[by_reward], stable=True).indices]
+    g, r = group[order], rewards[order]
+    pos = torch.arange(len(order), device=rewards.device)
+    # Runs of equal (group, reward) pairs are the tie blocks.
+    new_run = torch.ones_like(g, dtype=torch.bool)
+    new_run[1:] = (g[1:] != g[:-1]) | (r[1:] != r[:-1])
+    run = torch.cumsum(new_run, 0) - 1
+    run_start = pos[new_run]                                  # first sorted position of each run
+    run_size = torch.bincount(run)
+    group_start = torch.cumsum(counts, 0) - counts            # groups are contiguous after sorting
+    below = run_start[run] - group_start[g]                   # strictly smaller rewards in the group
+    n = counts[g]
+    ties = (run_size[run] - 1).to(rewards.dtype)              # other samples with the same reward
+    q_sorted = (below.to(rewards.dtype) + 0.5 * ties) / (n - 1).clamp(min=1)
+    q_sorted = torch.where(n == 1, torch.full_like(q_sorted, 0.5), q_sorted)
+    return torch.empty_like(q_sorted).scatter_(0, order, q_sorted)
+
+
+def group_sizes(prompt_ids):
+    """|I_x| for each sample's prompt. prompt_ids (N,) -> (N,) long.
+
+    Why: under RPO's "mean" estimator a lone response has target exactly 0 (no signal), so
+    train.py counts (group_sizes(ids) == 1).sum() and warns.
+    """
+    _validate(prompt_ids=prompt_ids)
+    group, counts = _groups(prompt_ids)
+    return counts[group]
+
+
+# ---------------------------------------------------------------------------------------
+# the losses
+# ---------------------------------------------------------------------------------------
+
+def rpo_loss(policy_logps, ref_logps, rewards, log_z, tau):
+    """Reward Partition Optimization loss (arXiv 2506.13702).
+
+    All inputs (B,); log_z from log_partition, fixed during training.
+      rho    = policy_logps - ref_logps
+      target = r / tau - log Z_hat(x)
+      L      = 0.5 * mean((rho - target)^2)
+    Why: the squared error is zero exactly when pi_theta = pi_ref exp((r - V*)/tau), the
+    KL-regularised optimum, with no value network to learn.
+    """
+    _validate(policy_logps=policy_logps, ref_logps=ref_logps, rewards=rewards, log_z=log_z)
+    rho = policy_logps - ref_logps
+    target = rpo_targets(rewards, log_z, tau)
+    residual = rho - target
+    loss = 0.5 * (residual ** 2).mean()
+    metrics = {"loss": float(loss.detach())}
+    metrics.update(_means(residual=residual, abs_residual=residual.abs(), log_ratio=rho, target=target))
+    return loss, metrics
+
+
+def dro_loss(policy_logps, ref_logps, rewards, values, tau):
+    """Direct Reward Optimization loss (arXiv 2405.19107), scaled by 1/tau^2 to match RPO.
+
+    All inputs (B,); values = V_phi(x) from the value network.
+      L = 0.5 * mean((policy_logps - ref_logps - (r - V_phi(x)) / tau)^2)
+    Gradients reach both the policy log-probs and the values (nothing detached): with separate
+    policy and value parameters this joint loss gives DRO's two gradients.
+    Why: the same regression as RPO, but the shift V*(x) is learned instead of estimated.
+    """
+    tau = _validate(tau, policy_logps=policy_logps, ref_logps=ref_logps, rewards=rewards, values=values)
+    rho = policy_logps - ref_logps
+    target = (_float(rewards) - values) / tau
+    residual = rho - target
+    loss = 0.5 * (residual ** 2).mean()
+    metrics = {"loss": float(loss.detach())}
+    metrics.update(_means(residual=residual, abs_residual=residual.abs(), log_ratio=rho,
+                          target=target, value=values))
+    return loss, metrics
+
+
+def kto_loss(policy_logps, ref_logps, desirable, kl_policy_logps, kl_ref_logps,
+             beta=0.1, desirable_weight=1.0, undesirable_weight=1.0, clamp_z0=True):
+    """Kahneman-Tversky Optimization loss (arXiv 2402.01306).
+
+    policy_logps, ref_logps, desirable (bool) (B,); kl_* (M,): log-probs of mismatched pairs
+    (prompt i with another sample's response, see kto_mismatched).
+      rho = policy_logps - ref_logps
+      z0  = mean(kl_policy_logps - kl_ref_logps), no gradient, clamped at >= 0 if clamp_z0
+      L_i = desirable_weight   * (1 - sigmoid(beta * (rho_i - z0)))   if desirable_i
+            undesirable_weight * (1 - sigmoid(beta * (z0 - rho_i)))   otherwise
+      L   = mean_i L_i
+    The authors' RPO code passes the matched batch as kl_* with clamp_z0=False.
+    Why: prospect theory: gains and losses are judged relative to a reference point z0, an
+    estimate of KL(pi_theta || pi_ref); only a binary label per sample is needed.
+    """
+    _validate(policy_logps=policy_logps, ref_logps=ref_logps, desirable=desirable)
+    _validate(kl_policy_logps=kl_policy_logps, kl_ref_logps=kl_ref_logps)
+    if not (math.isfinite(beta) and beta > 0):
+        raise ValueError(f"beta must be a finite number > 0, got {beta}")
+    desirable = desirable.bool()
+    rho = policy_logps - ref_logps
+    # z0 is a baseline, not something to optimise: detached, as in the paper and TRL.
+    z0 = (kl_policy_logps - kl_ref_logps).detach().mean()
+    if clamp_z0:
+        z0 = z0.clamp(min=0)
+    gain = desirable_weight * (1 - torch.sigmoid(beta * (rho - z0)))
+    loss_side = undesirable_weight * (1 - torch.sigmoid(beta * (z0 - rho)))
+    loss = torch.where(desirable, gain, loss_side).mean()
+    rho_d = rho.detach()
+    nan = float("nan")  # an empty side has no mean log-ratio; the loss itself stays finite
+    metrics = {
+        "loss": float(loss.detach()),
+        "z0": float(z0),
+        "rho_desirable": float(rho_d[desirable].mean()) if desirable.any() else nan,
+        "rho_undesirable": float(rho_d[~desirable].mean()) if (~desirable).any() else nan,
+        "frac_desirable": float(desirable.float().mean()),
+    }
+    return loss, metrics
+
+
+def kto_mismatched(batch_size):
+    """Indices pairing each prompt with another sample's response: i -> (i + 1) % B.
+
+    Returns (B,) long. Rolling by one is a permutation with no fixed point for every B >= 2
+    (reversing would pair the middle of an odd batch with itself). B < 2 raises ValueError.
+    Why: KTO's reference point z0 needs log-ratios of responses that do not belong to the prompt.
+    """
+    if batch_size < 2:
+        raise ValueError(f"kto_mismatched needs a batch of at least 2 samples, got {batch_size}")
+    return (torch.arange(batch_size) + 1) % batch_size
+
+
+def binarize_rewards(rewards, prompt_ids=None, threshold="global", global_mean=None):
+    """KTO's desirable / undesirable labels from scalar rewards. rewards (N,) -> (N,) bool.
+
+      "global": desirable iff r >= global_mean (default: the mean of the given rewards; pass
+                the training set's mean to label a batch consistently)
+      "prompt": desirable iff r >= the mean reward of its prompt group (needs prompt_ids)
+    Rewards equal to the mean up to rounding (1e-6 relative) count as desirable.
+    Why: KTO needs a binary signal; the per-prompt threshold removes prompt difficulty.
+    """
+    if threshold not in BINARIZE_THRESHOLDS:
+        raise ValueError(f"unknown threshold {threshold!r}; valid: {', '.join(BINARIZE_THRESHOLDS)}")
+    if threshold == "prompt":
+        if prompt_ids is None:
+            raise ValueError('threshold="prompt" needs prompt_ids')
+        if global_mean is not None:
+            raise ValueError('global_mean is only used with threshold="global"')
+        _validate(rewards=rewards, prompt_ids=prompt_ids)
+        rewards = _float(rewards)
+        group, counts = _groups(prompt_ids)
+        mean = _group_mean(rewards, group, counts)[group]
+    else:
+        _validate(rewards=rewards)
+        rewards = _float(rewards)
+        if global_mean is None:
+            mean = rewards.mean()
+        elif math.isfinite(global_mean):
+            mean = torch.tensor(float(global_mean), dtype=rewards.dtype, device=rewards.device)
+        else:
+            raise ValueError(f"global_mean must be finite, got {global_mean}")
+    return (rewards >= mean) | _near(rewards, mean)
+
+
+def sft_select(rewards, prompt_ids, mode="best"):
+    """Which samples SFT trains on. rewards (N,), prompt_ids (N,) -> (N,) bool.
+
+      "best":       the highest reward of each prompt, one per prompt (ties: the first index)
+                    -- best-of-K, i.e. rejection-sampling fine-tuning
+      "all":        every sample
+      "above_mean": r > the mean reward of its prompt group (strictly, beyond rounding)
+    Why: SFT has no notion of reward, so the reward enters only through the choice of data.
+    """
+    if mode not in SFT_MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(SFT_MODES)}")
+    _validate(rewards=rewards, prompt_ids=prompt_ids)
+    rewards = _float(rewards)
+    if mode == "all":
+        return torch.ones_like(rewards, dtype=torch.bool)
+    group, counts = _groups(prompt_ids)
+    if mode == "above_mean":
+        mean = _group_mean(rewards, group, counts)[group]
+        return (rewards > mean) & ~_near(rewards, mean)
+    fill = torch.full((len(counts),), -math.inf, dtype=rewards.dtype, device=rewards.device)
+    best = fill.scatter_reduce(0, group, rewards, "amax")
+    index = torch.arange(len(rewards), device=rewards.device)
+    # Among each group's maxima, keep the smallest index.
+    candidates = torch.where(rewards == best[group], index, torch.full_like(index, len(rewards)))
+    first = torch.full_like(counts, len(rewards)).scatter_reduce(0, group, candidates, "amin")
+    return index == first[group]
+
+
+def sft_loss(policy_logps, num_tokens=None):
+    """Negative log-likelihood of the selected responses.
+
+    policy_logps (B,) summed log-probs; num_tokens (B,) response lengths, optional.
+      per sequence: L = mean_i(-logp_i)
+      per token:    L = sum_i(-logp_i) / sum_i(num_tokens_i)     (when num_tokens is given)
+    Why: the per-token form weights every token equally, as in pretraining.
+    """
+    if num_tokens is None:
+        _validate(policy_logps=policy_logps)
+        loss = -policy_logps.mean()
+    else:
+        _validate(policy_logps=policy_logps, num_tokens=num_tokens)
+        total = num_tokens.sum()
+        if total <= 0:
+            raise ValueError(f"num_tokens must sum to a positive count, got {float(total)}")
+        loss = -policy_logps.sum() / total
+    return loss, {"loss": float(loss.detach()), "logp": float(policy_logps.detach().mean())}
