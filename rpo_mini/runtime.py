@@ -1,7 +1,9 @@
-"""Device, precision and seeding, decided in a few lines each."""
+"""Device, precision, seeding and (under torchrun) the process group, in a few lines each."""
 
 import contextlib
+import os
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -55,3 +57,38 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     g = torch.Generator(device=device)
     g.manual_seed(seed)
     return g
+
+
+@dataclass
+class Dist:
+    """Where this process stands in a torchrun job (rank 0 of 1 when run plainly)."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, indices: torch.Tensor) -> torch.Tensor:
+        """This rank's share of a global batch (every world_size-th sample)."""
+        return indices[self.rank::self.world_size]
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+
+def setup_distributed(device_name: str) -> Dist:
+    """Join the process group torchrun set up: nccl on CUDA, gloo on the CPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Dist()
+    use_cuda = torch.cuda.is_available() and not device_name.startswith(("cpu", "mps"))
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
+    d = Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    if use_cuda:
+        torch.cuda.set_device(d.local_rank)
+    else:  # share the cores instead of oversubscribing them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", d.world_size))))
+    return d

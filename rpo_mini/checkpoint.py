@@ -1,0 +1,55 @@
+"""Checkpoints: atomic writes, weights-only loads, clear errors.
+
+A checkpoint is a dict of tensors and plain values (numbers, strings, lists, dicts), so it
+loads with `torch.load(..., weights_only=True)`: a crafted pickle is refused, never run.
+"""
+
+import os
+import pickle
+import zipfile
+
+import torch
+
+from .config import UserError
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used; the message says which file and why."""
+
+
+def save(obj: dict, path: str) -> None:
+    """Write to a temporary file, then rename: a kill at any moment leaves the old file intact."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load(path: str, map_location="cpu") -> dict:
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"checkpoint {path} holds more than tensors and plain values and was "
+                              f"refused unread (weights-only load): {str(e).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupted ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else 'no detail'}); delete it "
+                              f"and rerun the stage that makes it") from None
+
+
+def load_state_dict(module: torch.nn.Module, state: dict, path: str = "checkpoint") -> None:
+    """`module.load_state_dict`, with a readable message when the shapes or names differ."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(filter(None, [
+            f"missing {missing[:3]}" if missing else "",
+            f"unexpected {unexpected[:3]}" if unexpected else "",
+            f"shape (file vs model) {wrong[:3]}" if wrong else ""]))
+        raise CheckpointError(f"{path} was made for a different model configuration ({detail})")
+    module.load_state_dict(state)

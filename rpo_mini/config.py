@@ -1,0 +1,238 @@
+"""Configuration: one dataclass per stage, presets, and a command line built from the fields.
+
+Every field becomes a `--flag` (its help is the comment-like `help` metadata). Stages hash
+their own config (plus the hash of their inputs) to name their cache folder, so a stage
+reruns exactly when something it depends on changed.
+"""
+
+import argparse
+import math
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from .model import GPTConfig
+from .worlds import WORLDS, WorldConfig
+
+OBJECTIVES = ("sft", "kto", "dro", "rpo")
+
+
+class UserError(ValueError):
+    """Bad input from the user (flags, files): train.py prints the message, no traceback."""
+ESTIMATORS = ("mean", "ref", "uniform")
+
+
+def _f(default, help, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = _f(768, "BPE vocabulary size, at most (bytes + merges + end-of-text); "
+                          "training stops early once no pair repeats")
+
+
+@dataclass
+class PretrainConfig:
+    pretrain_steps: int = _f(600, "optimizer steps of next-token pretraining (the base model = π_ref)")
+    pretrain_batch_size: int = _f(64, "documents per pretraining step")
+    pretrain_lr: float = _f(2e-3, "peak learning rate of pretraining")
+
+
+@dataclass
+class CollectConfig:
+    k: int = _f(8, "responses sampled per training prompt (RPO estimates log Z from these)")
+    n_prompts: int = _f(200, "training prompts used for the dataset (0 = all)")
+    temperature: float = _f(1.0, "sampling temperature of collection (1 = π_ref itself)")
+    top_k: int = _f(0, "top-k of collection sampling (0 = off)")
+    max_new_tokens: int = _f(40, "longest response collected or generated")
+    off_policy: bool = _f(False, "draw responses from the world's off-policy generator instead of π_ref")
+    reward: str = _f("", "reward that trains (default: the world's default reward)")
+    dataset: str = _f("", "train on this JSONL dataset instead of collecting one (see rpo_mini/data.py)")
+
+
+@dataclass
+class AlignConfig:
+    steps: int = _f(150, "alignment steps per objective")
+    batch_size: int = _f(32, "samples per alignment step")
+    lr: float | None = _f(None, "learning rate for every objective (default: each objective's own, below)", type=float)
+    sft_lr: float = _f(3e-4, "SFT learning rate")
+    kto_lr: float = _f(1e-4, "KTO learning rate")
+    dro_lr: float = _f(1e-4, "DRO learning rate (policy and value network)")
+    rpo_lr: float = _f(1e-4, "RPO learning rate")
+    tau: float | None = _f(None, "τ for RPO and DRO (default: each one's own, below)", type=float)
+    rpo_tau: float = _f(1.0, "RPO's KL strength τ")
+    dro_tau: float = _f(1.0, "DRO's KL strength τ")
+    estimator: str = _f("mean", "RPO partition estimator", choices=ESTIMATORS)
+    beta: float = _f(0.1, "KTO's β")
+    kto_variant: str = _f("halos", "KTO reference point: halos (mismatched pairs, clamped) or paper (matched batch)",
+                          choices=("halos", "paper"))
+    kto_threshold: str = _f("global", "KTO desirable iff reward ≥ the global or the prompt's mean",
+                            choices=("global", "prompt"))
+    sft_mode: str = _f("best", "SFT imitates the best response per prompt, all, or those above the prompt mean",
+                       choices=("best", "all", "above_mean"))
+    length_normalize: bool = _f(False, "per-token-mean log-probs instead of sums (the authors' code)")
+    rewards_zscore: bool = _f(True, "z-score rewards with the training set's mean and std")
+    warmup: int = _f(10, "linear warm-up steps")
+    grad_clip: float = _f(1.0, "gradient-norm clip (0 = off)")
+    eval_every: int = _f(50, "steps between quick validation probes (reward, KL) during training")
+    checkpoint_every: int = _f(50, "steps between training-state checkpoints (for --resume)")
+
+
+@dataclass
+class EvalConfig:
+    eval_prompts: int = _f(100, "test prompts evaluated (0 = all)")
+    eval_samples: int = _f(4, "samples per test prompt and policy")
+
+
+@dataclass
+class RunConfig:
+    objectives: str = _f(",".join(OBJECTIVES), "comma-separated objectives to train")
+    seeds: str = _f("0", "comma-separated alignment seeds; several → mean ± interval across seeds")
+    seed: int = _f(0, "seed of the world, pretraining and collection")
+    device: str = _f("auto", "auto (cuda → mps → cpu), cpu, cuda, cuda:N, mps")
+    dtype: str = _f("auto", "auto (bf16 on capable CUDA GPUs, else fp32), float32, bfloat16")
+    compile: bool = _f(False, "torch.compile the models (slow to start; pays off on GPUs)")
+    out: str = _f("out", "output folder: report, metrics, plots, cached stages")
+    quick: bool = _f(False, "a tiny configuration for smoke runs (under a minute on a laptop CPU)")
+    preset: str = _f("default", "default (follows the math) or paper (the authors' released code)",
+                     choices=("default", "paper"))
+    resume: bool = _f(False, "continue interrupted training stages from their last checkpoint")
+    sweep: bool = _f(False, "tune learning rate and τ/β per objective on validation prompts first")
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: GPTConfig = field(default_factory=GPTConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def objective_lr(self, objective: str) -> float:
+        return self.align.lr if self.align.lr is not None else getattr(self.align, f"{objective}_lr")
+
+    def objective_tau(self, objective: str) -> float:
+        return self.align.tau if self.align.tau is not None else getattr(self.align, f"{objective}_tau")
+
+
+# Flags that differ from their field name; vocab_size of the model comes from the tokenizer.
+RENAMED = {("world", "name"): "world", ("world", "seed"): None, ("model", "vocab_size"): None,
+           ("model", "block_size"): None}
+
+QUICK = {"world": {"corpus_size": 4000},
+         "model": {"n_layer": 2, "n_embd": 64, "n_head": 2},
+         "pretrain": {"pretrain_steps": 150, "pretrain_batch_size": 32},
+         "collect": {"k": 4, "n_prompts": 48, "max_new_tokens": 32},
+         "align": {"steps": 30, "batch_size": 16, "eval_every": 15},
+         "eval": {"eval_prompts": 24, "eval_samples": 2}}
+
+# The authors' released code (DESIGN.md §7): per-token-mean log-probs, the "ref" estimator with
+# τ = 5, DRO τ = 1, KTO with a matched-batch reference point and β = 1, lr 1e-4 for all.
+PAPER = {"align": {"length_normalize": True, "estimator": "ref", "rpo_tau": 5.0, "dro_tau": 1.0,
+                   "kto_variant": "paper", "beta": 1.0, "lr": 1e-4, "rewards_zscore": True}}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train.py",
+        description="Pretrain a tiny GPT on a toy world, collect single-trajectory feedback, "
+                    "align it with SFT, KTO, DRO and RPO, and compare them.")
+    for section, sub in _sections(Config()):
+        group = p.add_argument_group(section)
+        for f in dataclasses.fields(sub):
+            flag = RENAMED.get((section, f.name), f.name)
+            if flag is None:
+                continue
+            default = getattr(sub, f.name)
+            kw = {"default": argparse.SUPPRESS, "help": f.metadata.get("help", f.name) +
+                  (f" (default: {default})" if default not in (None, "") else "")}
+            if f.type in (bool, "bool"):
+                kw["action"] = argparse.BooleanOptionalAction
+            else:
+                kw["type"] = f.metadata.get("type") or f.type
+                kw["metavar"] = f.name.upper()
+                if "choices" in f.metadata:
+                    kw["choices"] = f.metadata["choices"]
+            if section == "world" and f.name == "name":
+                kw["choices"] = WORLDS
+            group.add_argument(f"--{flag}", dest=f"{section}.{f.name}", **kw)
+    return p
+
+
+def parse_config(argv=None) -> Config:
+    """Defaults, then --quick, then --preset, then the flags the user typed (last word wins)."""
+    args = vars(build_parser().parse_args(argv))
+    cfg = Config()
+    cfg.run.quick = args.get("run.quick", False)
+    cfg.run.preset = args.get("run.preset", "default")
+    if cfg.run.quick:
+        apply(cfg, QUICK)
+    if cfg.run.preset == "paper":
+        apply(cfg, PAPER)
+    for key, value in args.items():
+        section, name = key.split(".")
+        setattr(getattr(cfg, section), name, value)
+    cfg.world.seed = cfg.run.seed
+    validate(cfg)
+    return cfg
+
+
+def apply(cfg: Config, overrides: dict) -> Config:
+    for section, values in overrides.items():
+        for name, value in values.items():
+            setattr(getattr(cfg, section), name, value)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Refuse bad settings before any work starts, naming the flag and the fix."""
+    objs = objectives(cfg)
+    bad = [o for o in objs if o not in OBJECTIVES]
+    if bad or not objs:
+        raise UserError(f"--objectives: unknown {bad or 'empty list'}; choose from {', '.join(OBJECTIVES)}")
+    seeds(cfg)
+    a = cfg.align
+    for name in ("tau", "rpo_tau", "dro_tau", "beta", "lr", "sft_lr", "kto_lr", "dro_lr", "rpo_lr"):
+        value = getattr(a, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UserError(f"--{name} must be a positive number, got {value}")
+    for section, name, low in (("align", "steps", 1), ("align", "batch_size", 2), ("collect", "k", 1),
+                               ("collect", "max_new_tokens", 1), ("pretrain", "pretrain_steps", 0),
+                               ("eval", "eval_samples", 1)):
+        if getattr(getattr(cfg, section), name) < low:
+            raise UserError(f"--{name} must be at least {low}, got {getattr(getattr(cfg, section), name)}")
+    if cfg.collect.k == 1 and "rpo" in objs:
+        # Refused rather than warned: with one response per prompt log Ẑ = r/τ, every RPO target
+        # is exactly 0 and RPO would train on no signal at all.
+        raise UserError("--k 1 gives every prompt a lone response, so every RPO target is 0 "
+                         "(log Ẑ = r/τ): use --k 2 or more, or drop rpo from --objectives")
+
+
+def objectives(cfg: Config) -> list[str]:
+    return [o.strip() for o in cfg.run.objectives.split(",") if o.strip()]
+
+
+def seeds(cfg: Config) -> list[int]:
+    try:
+        return [int(s) for s in cfg.run.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds must be comma-separated integers like 0,1,2; got {cfg.run.seeds!r}") from None
+
+
+def to_dict(obj) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def stage_key(*parts) -> str:
+    """A short hash of plain values (configs as dicts, upstream keys): the cache folder's name."""
+    blob = json.dumps([to_dict(p) if dataclasses.is_dataclass(p) else p for p in parts], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _sections(cfg: Config):
+    return [(f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg)]

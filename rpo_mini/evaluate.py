@@ -1,0 +1,80 @@
+"""Evaluation on held-out prompts: reward, gold reward, win rate, KL, diversity, toxicity, fluency.
+
+Intervals are 95% normal intervals over *prompts* (a prompt's samples are averaged first),
+because samples of one prompt are not independent of each other.
+"""
+
+import contextlib
+import math
+
+import torch
+
+from .collect import response_logprobs, sample_responses
+
+
+def mean_ci(values) -> tuple[float, float]:
+    """Mean and the half-width of its 95% normal interval (t-quantile for tiny samples)."""
+    values = [float(v) for v in values]
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
+    mean = sum(values) / n
+    if n == 1:
+        return mean, float("nan")
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, _t975(n - 1) * sd / math.sqrt(n)
+
+
+def _t975(df: int) -> float:
+    """97.5% quantile of Student's t (table for small df, normal beyond)."""
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+             9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
+    if df in table:
+        return table[df]
+    return next((table[k] for k in sorted(table) if k >= df), 1.96)
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Unique word n-grams over all n-grams, across every sample (Li et al. 2016)."""
+    grams = [tuple(w[i:i + n]) for w in (t.split() for t in texts) for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+@torch.no_grad()
+def sample_and_score(policy, ref, enc, world, prompts: list[str], n: int, max_new_tokens: int, seed: int,
+                     autocast=contextlib.nullcontext) -> dict:
+    """n samples per prompt from `policy`; their scores, fluency and log-ratio to `ref`."""
+    eot = enc.eot_token
+    prompt_toks = [enc.encode_ordinary(p) for p in prompts for _ in range(n)]
+    g = torch.Generator(device=next(policy.parameters()).device).manual_seed(seed)
+    responses, logps = sample_responses(policy, prompt_toks, eot, max_new_tokens, g, autocast=autocast)
+    ref_logps = response_logprobs(ref, prompt_toks, responses, eot, autocast=autocast).tolist()
+    texts = [enc.decode([t for t in r if t != eot]) for r in responses]
+    owners = [p for p in prompts for _ in range(n)]
+    return {"prompts": owners, "texts": texts,
+            "scores": [world.score(p, t) for p, t in zip(owners, texts)],
+            "fluent": [bool(t) and world.is_fluent(p, t) for p, t in zip(owners, texts)],
+            "log_ratio": [a - b for a, b in zip(logps, ref_logps)], "n": n}
+
+
+def summarize(s: dict, world, reward: str, baseline: dict | None = None) -> dict:
+    """The table's metrics from `sample_and_score` output (and the reference's, for win rate)."""
+    n = s["n"]
+    per_prompt = lambda xs: [sum(xs[i:i + n]) / n for i in range(0, len(xs), n)]
+    rewards = [sc[reward] for sc in s["scores"]]
+    gold = [sc[world.gold_reward] for sc in s["scores"]]
+    out = {}
+    out["reward"], out["reward_ci"] = mean_ci(per_prompt(rewards))
+    out["gold"], out["gold_ci"] = mean_ci(per_prompt(gold))
+    out["kl"], out["kl_ci"] = mean_ci(per_prompt(s["log_ratio"]))  # E_π[log π − log π_ref]
+    if baseline is not None:
+        base = [sc[reward] for sc in baseline["scores"]]
+        wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(rewards, base)]
+        out["win_rate"], out["win_rate_ci"] = mean_ci(per_prompt(wins))
+    out["distinct_1"] = distinct_n(s["texts"], 1)
+    out["distinct_2"] = distinct_n(s["texts"], 2)
+    if "toxicity" in s["scores"][0]:
+        out["toxicity_rate"] = sum(sc["toxicity"] > 0 for sc in s["scores"]) / len(rewards)
+    out["fluency"] = sum(s["fluent"]) / len(rewards)
+    out["length"] = sum(len(t.split()) for t in s["texts"]) / len(rewards)
+    return out

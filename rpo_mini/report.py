@@ -1,0 +1,163 @@
+"""The report: the comparison table, metrics.json, report.md and the PNG plots."""
+
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .evaluate import mean_ci  # noqa: E402
+
+COLORS = {"reference": "0.4", "sft": "tab:green", "kto": "tab:orange", "dro": "tab:purple", "rpo": "tab:blue"}
+COLUMNS = [("reward", "reward"), ("gold", "gold"), ("win_rate", "win vs ref"), ("kl", "KL"),
+           ("distinct_1", "dist-1"), ("distinct_2", "dist-2"), ("toxicity_rate", "toxic"),
+           ("fluency", "fluent"), ("length", "words"), ("seconds", "time s")]
+
+
+def aggregate(runs: dict) -> dict:
+    """Per policy: each metric's mean over seeds and its 95% interval.
+
+    One seed: the interval over test prompts from that run. Several seeds: the interval of
+    the per-seed values (seed-to-seed variation, which is what a reader should trust)."""
+    policies = {}
+    for name, per_seed in runs.items():
+        row = {"n_seeds": len(per_seed)}
+        for key in per_seed[0]:
+            if key.endswith("_ci") or not isinstance(per_seed[0][key], (int, float)):
+                continue
+            values = [r[key] for r in per_seed]
+            if len(values) == 1:
+                row[key], row[key + "_ci"] = values[0], per_seed[0].get(key + "_ci", float("nan"))
+            else:
+                row[key], row[key + "_ci"] = mean_ci(values)
+            row[key + "_per_seed"] = values
+        row["samples"] = per_seed[0].get("samples", [])
+        row["checkpoints"] = [r["checkpoint"] for r in per_seed if "checkpoint" in r]
+        policies[name] = row
+    return {"policies": policies}
+
+
+def table(metrics: dict) -> str:
+    """A fixed-width text table: one row per policy, reward with its 95% interval."""
+    cols = [(k, label) for k, label in COLUMNS
+            if any(k in row for row in metrics["policies"].values())]
+    header = f"{'policy':<10}" + "".join(f"{label:>16}" if k == "reward" else f"{label:>11}" for k, label in cols)
+    lines = [header, "-" * len(header)]
+    for name, row in metrics["policies"].items():
+        cells = []
+        for k, _ in cols:
+            v = row.get(k)
+            if v is None:
+                cells.append(f"{'':>11}")
+            elif k == "reward":
+                cells.append(f"{v:>+9.3f} ±{row.get('reward_ci', float('nan')):5.3f}")
+            elif k == "seconds":
+                cells.append(f"{v:>11.1f}")
+            else:
+                cells.append(f"{v:>11.3f}")
+        lines.append(f"{name:<10}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def write_json(path: str, obj) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1, default=float)
+    os.replace(path + ".tmp", path)
+
+
+def plot_training(histories: dict, path: str) -> None:
+    """Loss, gradient norm and validation reward over steps, per objective (seeds overlaid)."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for obj, runs in histories.items():
+        for i, h in enumerate(runs):
+            steps = [r["step"] for r in h["train"]]
+            kw = {"color": COLORS.get(obj), "alpha": 0.8, "label": obj if i == 0 else None}
+            axes[0].plot(steps, [r["loss"] for r in h["train"]], **kw)
+            axes[1].plot(steps, [r["grad_norm"] for r in h["train"]], **kw)
+            axes[2].plot([p["step"] for p in h["probe"]], [p["reward"] for p in h["probe"]], marker="o", **kw)
+    for ax, title, ylabel in zip(axes, ("training loss", "gradient norm (before clipping)", "validation reward"),
+                                 ("loss", "‖g‖", "mean reward")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.legend()
+    axes[0].set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_reward_kl(metrics: dict, histories: dict, path: str, sweep: dict | None = None) -> None:
+    """Reward against KL(π‖π_ref): each objective's path through training (validation probes),
+    its final test point with 95% intervals, and its sweep curve over τ/β when one was run."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for obj, runs in histories.items():
+        for i, h in enumerate(runs):
+            ax.plot([p["kl"] for p in h["probe"]], [p["reward"] for p in h["probe"]], ":", marker=".",
+                    color=COLORS.get(obj), alpha=0.6)
+    for name, row in metrics["policies"].items():
+        ax.errorbar(row["kl"], row["reward"], xerr=row.get("kl_ci"), yerr=row.get("reward_ci"), fmt="o",
+                    ms=8, capsize=3, color=COLORS.get(name), label=name)
+    for obj, points in (sweep or {}).items():
+        pts = sorted((p["kl"], p["reward"]) for p in points)
+        ax.plot(*zip(*pts), "-", color=COLORS.get(obj), alpha=0.5, lw=2)
+    ax.set_xlabel("KL(π ‖ π_ref)  (nats per response)")
+    ax.set_ylabel("mean reward")
+    ax.set_title("reward vs KL (dotted: validation during training; dots: test)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_reward_distributions(data, path: str, n_prompts: int = 12) -> None:
+    """The dataset's rewards for a dozen prompts side by side: they differ in mean and spread."""
+    by_prompt = {}
+    for rec in data.records:
+        by_prompt.setdefault(rec["prompt"], []).append(rec["reward"])
+    prompts = list(by_prompt)[:n_prompts]
+    prompts.sort(key=lambda p: sum(by_prompt[p]) / len(by_prompt[p]))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    ax.boxplot([by_prompt[p] for p in prompts], showmeans=True)
+    for i, p in enumerate(prompts, 1):
+        ax.scatter([i] * len(by_prompt[p]), by_prompt[p], s=10, alpha=0.5, color="tab:blue")
+    ax.set_xticks(range(1, len(prompts) + 1), [p.replace(" at the ", "\n@ ") for p in prompts],
+                  rotation=60, fontsize=7, ha="right")
+    ax.set_ylabel("reward")
+    ax.set_title("per-prompt reward distributions of the dataset (sorted by prompt mean)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_all(out: str, metrics: dict, histories: dict, data, stages, ref_samples=None) -> None:
+    """metrics.json, the three plots and report.md, and the table on the terminal."""
+    plots = {"training": "plots/training_curves.png", "reward_kl": "plots/reward_vs_kl.png",
+             "rewards": "plots/reward_distributions.png"}
+    sweep_path = os.path.join(out, "sweep.json")
+    sweep = json.load(open(sweep_path))["points"] if os.path.exists(sweep_path) else None
+    plot_training(histories, os.path.join(out, plots["training"]))
+    plot_reward_kl(metrics, histories, os.path.join(out, plots["reward_kl"]), sweep)
+    plot_reward_distributions(data, os.path.join(out, plots["rewards"]))
+    metrics["plots"] = plots
+    write_json(os.path.join(out, "metrics.json"), metrics)
+    text = table(metrics)
+    stages.log("\n" + text)
+    cfg = metrics["config"]
+    lines = ["# rpo_mini report", "",
+             f"World `{cfg['world']['name']}`, reward `{stages.reward_name}` (gold: `{stages.world.gold_reward}`), "
+             f"device `{metrics['device']}`, seeds `{cfg['run']['seeds']}`, preset `{cfg['run']['preset']}`. "
+             f"Total time {metrics['timings']['total']:.0f} s.", "",
+             "Reward ± 95% interval on the test prompts (over prompts for one seed, over seeds for several); "
+             "win rate against the reference's samples for the same prompts; KL = E_π[log π − log π_ref] "
+             "per response.", "", "```", text, "```", "",
+             "## Samples (first sample for the same test prompts)", ""]
+    for name, row in metrics["policies"].items():
+        lines.append(f"**{name}**")
+        lines += [f"- *{p}*{t}" for p, t in row["samples"]] + [""]
+    lines += ["## Plots", ""] + [f"![{k}]({v})" for k, v in plots.items()] + ["",
+              "## Configuration", "", "```json", json.dumps(cfg, indent=1), "```", ""]
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write("\n".join(lines))

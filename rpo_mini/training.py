@@ -1,0 +1,107 @@
+"""What pretraining and alignment loops share: optimizer, schedule, data order, resume, guards.
+
+Data order is a pure function of (seed, step), so resuming needs only the step count plus
+the model and optimizer states: the resumed run sees exactly the batches the uninterrupted
+run would have seen.
+"""
+
+import math
+import os
+import signal
+from functools import lru_cache
+
+import torch
+
+from . import checkpoint
+
+
+def make_optimizer(params, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
+    """AdamW; weight decay only on matrices (not on biases, LayerNorms or embeddings' rows)."""
+    params = [p for p in params if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    other = [p for p in params if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": other, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int, final_frac: float = 0.1) -> float:
+    """Linear warm-up, then cosine decay to `final_frac · peak`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+@lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def batch_indices(step: int, batch_size: int, n: int, seed: int) -> torch.Tensor:
+    """Indices of the samples of batch `step`: consecutive slices of one shuffle per epoch."""
+    pos = torch.arange(step * batch_size, (step + 1) * batch_size)
+    epochs, offsets = pos // n, pos % n
+    return torch.stack([_epoch_order(n, seed, int(e))[o] for e, o in zip(epochs, offsets)])
+
+
+def check_finite(loss: torch.Tensor, step: int, what: str) -> None:
+    """Never train on through a NaN: stop with the step and the objective named."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{what}: the loss became {loss.item()} at step {step}; stopping "
+                                 f"rather than training on. Lower the learning rate or check the rewards.")
+
+
+def grad_norm_and_clip(params, max_norm: float) -> torch.Tensor:
+    params = [p for p in params if p.grad is not None]
+    if max_norm > 0:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training: a checkpoint was saved; rerun with --resume to continue."""
+
+
+class SigintGuard:
+    """Turn Ctrl-C into a flag the loop checks between steps, so a step is never half-applied."""
+
+    def __enter__(self):
+        self.requested = False
+        self._old = signal.getsignal(signal.SIGINT)
+        try:
+            signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not in the main thread (e.g. a notebook worker): leave Ctrl-C alone
+            self._old = None
+        return self
+
+    def _handler(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+def save_state(path: str, step: int, modules: dict, optimizer, extra: dict | None = None) -> None:
+    checkpoint.save({"step": step, "optimizer": optimizer.state_dict(),
+                     **{name: m.state_dict() for name, m in modules.items()}, **(extra or {})}, path)
+
+
+def load_state(path: str, modules: dict, optimizer) -> tuple[int, dict]:
+    """Restore modules and optimizer from a training-state file; return (step, the whole dict)."""
+    state = checkpoint.load(path)
+    for name, m in modules.items():
+        checkpoint.load_state_dict(m, state[name], path)
+    optimizer.load_state_dict(state["optimizer"])
+    return state["step"], state
+
+
+def remove(path: str) -> None:
+    if os.path.exists(path):
+        os.remove(path)
