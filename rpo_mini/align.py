@@ -107,7 +107,8 @@ def align(objective: str, base: GPT, data: Dataset, cfg: AlignConfig, lr: float,
                                     if k in ("reward", "kl")) if history["probe"] else ""
                 log(f"{objective} step {step:>4}/{cfg.steps}  loss {metrics['loss']:.4f}  grad norm "
                     f"{gnorm.item():.3f}  lr {cur_lr:.2e}{probe_txt}  {rate:,.0f} tok/s")
-            if state_path and dist.is_main and (guard.requested or (step % cfg.checkpoint_every == 0 and step < cfg.steps)):
+            periodic = step % cfg.checkpoint_every == 0 and step < cfg.steps
+            if state_path and dist.is_main and (guard.requested or periodic):
                 training.save_state(state_path, step, modules, opt, {"history": history})
             if guard.requested:
                 raise training.Interrupted(f"{objective} interrupted at step {step}; state saved to {state_path}")

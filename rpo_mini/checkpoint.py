@@ -28,6 +28,9 @@ def save(obj: dict, path: str) -> None:
 def load(path: str, map_location="cpu") -> dict:
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut one loses its directory
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupted (not a complete checkpoint "
+                              f"archive); delete it and rerun the stage that makes it")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

@@ -298,6 +298,8 @@ def run(cfg: Config, log=tqdm.write) -> dict:
     log(f"device {st.device}, dtype {str(st.dtype).replace('torch.', '')}, world {st.world.name}, "
         f"objectives {cfg.run.objectives}, seeds {cfg.run.seeds}, out {cfg.run.out}")
     st.tokenizer()
+    if cfg.collect.dataset:  # a user's dataset is checked before minutes of pretraining, not after
+        read_jsonl(cfg.collect.dataset, st.model_config().block_size)
     base = st.base()
     data = st.dataset(base)
     if cfg.run.sweep:
