@@ -12,7 +12,7 @@ import os
 import time
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import losses, training
 from .collect import response_logprobs
@@ -63,7 +63,8 @@ def align(objective: str, base: GPT, data: Dataset, cfg: AlignConfig, lr: float,
     if "log_z" in prep and dist.world_size > 1:  # one partition for all ranks: rank 0's, from the full dataset
         log_z = prep["log_z"].to(device)
         torch.distributed.broadcast(log_z, src=0)
-        prep["log_z"] = log_z.cpu()
+        prep["log_z"] = log_z
+    prep = {k: v.to(device) if k != "index" else v for k, v in prep.items()}  # on the device once, not per step
     modules = {"policy": policy}
     if objective == "dro":
         value = ValueModel(base.config).to(device)
@@ -94,11 +95,15 @@ def align(objective: str, base: GPT, data: Dataset, cfg: AlignConfig, lr: float,
             training.check_finite(loss, step, objective)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            gnorm = training.grad_norm_and_clip(params, cfg.grad_clip)
+            norms = {name: training.grad_norm(m.parameters()) for name, m in modules.items()}
+            training.clip_grads(params, cfg.grad_clip)
             opt.step()
             step += 1
             n_tok += sum(len(data.response_tokens[i]) + len(data.prompt_tokens[i]) for i in idx.tolist())
-            history["train"].append({"step": step, **metrics, "grad_norm": gnorm.item(), "lr": cur_lr})
+            # The policy's gradient norm alone, so DRO's (which also trains a value net) compares with RPO's.
+            gnorm = norms["policy"]
+            history["train"].append({"step": step, **metrics, "grad_norm": gnorm.item(), "lr": cur_lr}
+                                    | ({"value_grad_norm": norms["value"].item()} if "value" in norms else {}))
             bar.update(1)
             if step % 25 == 0 or step == cfg.steps:
                 rate = n_tok / (time.perf_counter() - t0)
@@ -131,14 +136,14 @@ def objective_step(objective, run, data, prep, idx, cfg, tau, eot, device, autoc
     logps = losses.sequence_logprobs(logits, tokens, mask, cfg.length_normalize)
     if not torch.isfinite(logps).all():  # let the loop stop with the step and objective named
         return logps.sum(), {}
-    rewards = prep["rewards"][idx].to(device)
-    ref_logps = prep["ref_logps"][idx].to(device)
+    idx_dev = idx.to(device)
+    rewards, ref_logps = prep["rewards"][idx_dev], prep["ref_logps"][idx_dev]
 
     if objective == "sft":
         n_tok = None if cfg.length_normalize else mask[:, 1:].sum(1)
         return losses.sft_loss(logps, n_tok)
     if objective == "rpo":
-        return losses.rpo_loss(logps, ref_logps, rewards, prep["log_z"][idx].to(device), tau)
+        return losses.rpo_loss(logps, ref_logps, rewards, prep["log_z"][idx_dev], tau)
     if objective == "dro":
         p_tokens, last = collate_prompts(prompts, eot)
         with autocast():
@@ -146,7 +151,7 @@ def objective_step(objective, run, data, prep, idx, cfg, tau, eot, device, autoc
         return losses.dro_loss(logps, ref_logps, rewards, values, tau)
     # KTO: the reference point z0 comes from the policy on mismatched pairs (x_i, y_{i+1}),
     # without gradient (TRL/HALOs); the authors' variant uses the matched batch instead.
-    desirable = prep["desirable"][idx].to(device)
+    desirable = prep["desirable"][idx_dev]
     if cfg.kto_variant == "paper":
         kl_pol, kl_ref, clamp = logps.detach(), ref_logps, False
     else:

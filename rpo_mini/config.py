@@ -94,6 +94,7 @@ class RunConfig:
     device: str = _f("auto", "auto (cuda → mps → cpu), cpu, cuda, cuda:N, mps")
     dtype: str = _f("auto", "auto (bf16 on capable CUDA GPUs, else fp32), float32, bfloat16")
     compile: bool = _f(False, "torch.compile the models (slow to start; pays off on GPUs)")
+    threads: int = _f(0, "CPU threads for torch (0 = torch's default; 1 is often fastest for tiny models)")
     out: str = _f("out", "output folder: report, metrics, plots, cached stages")
     quick: bool = _f(False, "a tiny configuration for smoke runs (under a minute on a laptop CPU)")
     preset: str = _f("default", "default (follows the math) or paper (the authors' released code)",
@@ -126,7 +127,7 @@ RENAMED = {("world", "name"): "world", ("world", "seed"): None, ("model", "vocab
 
 QUICK = {"world": {"corpus_size": 4000},
          "model": {"n_layer": 2, "n_embd": 64, "n_head": 2},
-         "pretrain": {"pretrain_steps": 150, "pretrain_batch_size": 32},
+         "pretrain": {"pretrain_steps": 800, "pretrain_batch_size": 32, "pretrain_lr": 3e-3},
          "collect": {"k": 4, "n_prompts": 48, "max_new_tokens": 32},
          "align": {"steps": 30, "batch_size": 16, "eval_every": 15},
          "eval": {"eval_prompts": 24, "eval_samples": 2}}

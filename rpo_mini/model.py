@@ -132,12 +132,11 @@ class GPT(nn.Module):
     def hidden_states(self, tokens, attn_mask=None, position_ids=None, cache=None):
         """Final-LayerNorm hidden states (B, T, C): what the LM head and DRO's value head read."""
         B, T = tokens.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:  # checked on the host: no device sync per forward
+            raise ValueError(f"sequence of {start + T} tokens exceeds the model's block_size {self.config.block_size}")
         if position_ids is None:
-            start = cache.length if cache is not None else 0
             position_ids = torch.arange(start, start + T, device=tokens.device).expand(B, T)
-        if position_ids.max() >= self.config.block_size:
-            raise ValueError(f"sequence of {int(position_ids.max()) + 1} tokens exceeds the "
-                             f"model's block_size {self.config.block_size}")
         x = self.drop(self.wte(tokens) + self.wpe(position_ids))
         for i, block in enumerate(self.blocks):
             x = block(x, attn_mask, cache, i)

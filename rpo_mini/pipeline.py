@@ -17,7 +17,7 @@ import os
 import time
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import checkpoint, report, runtime, training
 from .align import align
@@ -43,6 +43,8 @@ class Stages:
         if self.device.type == "cuda" and self.dist.world_size > 1:
             self.device = torch.device("cuda", self.dist.local_rank)
         self.dtype = runtime.pick_dtype(self.device, cfg.run.dtype)
+        if self.device.type == "cpu" and cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
         self.out = cfg.run.out
         if self.dist.is_main:
             try:  # fail now, not after minutes of training
@@ -142,6 +144,8 @@ class Stages:
 
     # --- dataset -----------------------------------------------------------------------------
     def dataset(self, base: GPT):
+        if not hasattr(self, "base_key"):
+            raise RuntimeError("call Stages.base() first: the dataset's cache key includes the base model's")
         cfg = self.cfg
         if cfg.collect.dataset:  # the user's own data: keyed by its content, validated on load
             path = cfg.collect.dataset

@@ -9,7 +9,7 @@ import os
 import time
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import training
 from .config import PretrainConfig

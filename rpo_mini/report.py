@@ -3,12 +3,9 @@
 import json
 import os
 
-import matplotlib
+from matplotlib.figure import Figure  # figures straight to files; no pyplot state, any backend
 
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .evaluate import mean_ci  # noqa: E402
+from .evaluate import mean_ci
 
 COLORS = {"reference": "0.4", "sft": "tab:green", "kto": "tab:orange", "dro": "tab:purple", "rpo": "tab:blue"}
 COLUMNS = [("reward", "reward"), ("gold", "gold"), ("win_rate", "win vs ref"), ("kl", "KL"),
@@ -69,7 +66,8 @@ def write_json(path: str, obj) -> None:
 
 def plot_training(histories: dict, path: str) -> None:
     """Loss, gradient norm and validation reward over steps, per objective (seeds overlaid)."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig = Figure(figsize=(15, 4))
+    axes = fig.subplots(1, 3)
     for obj, runs in histories.items():
         for i, h in enumerate(runs):
             steps = [r["step"] for r in h["train"]]
@@ -86,13 +84,13 @@ def plot_training(histories: dict, path: str) -> None:
     axes[0].set_yscale("log")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def plot_reward_kl(metrics: dict, histories: dict, path: str, sweep: dict | None = None) -> None:
     """Reward against KL(π‖π_ref): each objective's path through training (validation probes),
     its final test point with 95% intervals, and its sweep curve over τ/β when one was run."""
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig = Figure(figsize=(7, 5))
+    ax = fig.subplots()
     for obj, runs in histories.items():
         for i, h in enumerate(runs):
             ax.plot([p["kl"] for p in h["probe"]], [p["reward"] for p in h["probe"]], ":", marker=".",
@@ -109,7 +107,6 @@ def plot_reward_kl(metrics: dict, histories: dict, path: str, sweep: dict | None
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def plot_reward_distributions(data, path: str, n_prompts: int = 12) -> None:
@@ -119,7 +116,8 @@ def plot_reward_distributions(data, path: str, n_prompts: int = 12) -> None:
         by_prompt.setdefault(rec["prompt"], []).append(rec["reward"])
     prompts = list(by_prompt)[:n_prompts]
     prompts.sort(key=lambda p: sum(by_prompt[p]) / len(by_prompt[p]))
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig = Figure(figsize=(10, 4.5))
+    ax = fig.subplots()
     ax.boxplot([by_prompt[p] for p in prompts], showmeans=True)
     for i, p in enumerate(prompts, 1):
         ax.scatter([i] * len(by_prompt[p]), by_prompt[p], s=10, alpha=0.5, color="tab:blue")
@@ -129,7 +127,6 @@ def plot_reward_distributions(data, path: str, n_prompts: int = 12) -> None:
     ax.set_title("per-prompt reward distributions of the dataset (sorted by prompt mean)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def write_all(out: str, metrics: dict, histories: dict, data, stages, ref_samples=None) -> None:

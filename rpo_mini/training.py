@@ -20,8 +20,9 @@ def make_optimizer(params, lr: float, weight_decay: float = 0.0) -> torch.optim.
     params = [p for p in params if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     other = [p for p in params if p.dim() < 2]
+    fused = {"fused": True} if params and all(p.is_cuda for p in params) else {}  # one kernel, not one per tensor
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": other, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+                              {"params": other, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95), **fused)
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int, final_frac: float = 0.1) -> float:
@@ -56,11 +57,22 @@ def check_finite(loss: torch.Tensor, step: int, what: str) -> None:
                                  f"rather than training on. Lower the learning rate or check the rewards.")
 
 
+def grad_norm(params) -> torch.Tensor:
+    """The L2 norm of all gradients together (before clipping)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def clip_grads(params, max_norm: float) -> None:
+    if max_norm > 0:
+        torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
+
+
 def grad_norm_and_clip(params, max_norm: float) -> torch.Tensor:
     params = [p for p in params if p.grad is not None]
-    if max_norm > 0:
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    norm = grad_norm(params)
+    clip_grads(params, max_norm)
+    return norm
 
 
 class Interrupted(Exception):
