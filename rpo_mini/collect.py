@@ -60,7 +60,8 @@ def collect(model, enc, world, cfg: CollectConfig, seed: int, autocast=contextli
     if cfg.off_policy:
         rng = random.Random(seed)
         texts = [world.sample_response(prompts[i], rng, off_policy=True) for i in prompt_ids]
-        responses = [enc.encode_ordinary(t) + [eot] for t in texts]
+        # cut like sampling cuts: the off-policy generator writes longer reviews than the corpus
+        responses = [(enc.encode_ordinary(t) + [eot])[:cfg.max_new_tokens] for t in texts]
         ref_logps = response_logprobs(model, prompt_toks, responses, eot, autocast=autocast).tolist()
     else:
         g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)

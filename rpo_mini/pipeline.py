@@ -50,9 +50,10 @@ class Stages:
             try:  # fail now, not after minutes of training
                 for sub in ("data", "checkpoints", "eval", "plots"):
                     os.makedirs(os.path.join(self.out, sub), exist_ok=True)
-                with open(os.path.join(self.out, ".write_test"), "w") as f:
+                probe = os.path.join(self.out, f".write_test.{os.getpid()}")  # per process: no races
+                with open(probe, "w") as f:
                     f.write("ok")
-                os.remove(os.path.join(self.out, ".write_test"))
+                os.remove(probe)
             except OSError as e:
                 raise UserError(f"--out {self.out} is not a writable folder ({e.strerror}); "
                                 f"choose another with --out") from None
@@ -133,8 +134,9 @@ class Stages:
                     checkpoint.save(self.checkpoint_dict(model, "base", history=history), path)
                     training.remove(path + ".state")
                 self.dist.barrier()
+            final = f", final loss {history[-1]['loss']:.3f}" if history else ""
             self.log(f"base model: pretrained {cfg.pretrain.pretrain_steps} steps in "
-                     f"{self.timings['pretrain']:.1f}s, final loss {history[-1]['loss']:.3f} → {path}")
+                     f"{self.timings['pretrain']:.1f}s{final} → {path}")
         self.base_path = path
         return model.to(self.device).eval()
 

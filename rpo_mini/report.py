@@ -59,9 +59,10 @@ def table(metrics: dict) -> str:
 
 
 def write_json(path: str, obj) -> None:
-    with open(path + ".tmp", "w") as f:
+    tmp = f"{path}.tmp{os.getpid()}"  # per process, so parallel writers never share a temp file
+    with open(tmp, "w") as f:
         json.dump(obj, f, indent=1, default=float)
-    os.replace(path + ".tmp", path)
+    os.replace(tmp, path)
 
 
 def plot_training(histories: dict, path: str) -> None:
