@@ -17,10 +17,15 @@ because it has no value function. Seven experiments test that on our worlds:
     cost           time per step and peak memory of each objective
     paper          the `--preset paper` settings (DESIGN.md §7) vs our defaults, same data
 
-    python -m rpo_mini.experiments NAME [--quick] [--seeds 0,1,2,3,4] [--device auto]
-                                        [--out findings] [--workers N] [--cache DIR] [--fixed-data]
-    python -m rpo_mini.experiments all --workers 8          # everything, ~5 min on one GPU
+    python -m rpo_mini.experiments NAME [--quick] [--seeds 0,1,2,3,4] [--device auto] [--out findings]
+                                        [--workers N] [--cache DIR] [--fixed-data] [--plan]
+    python -m rpo_mini.experiments all --workers 8          # everything: one GPU, 16 CPU cores
+    python -m rpo_mini.experiments all --plan               # the job counts, nothing run
     python -m rpo_mini.experiments writeup --out findings   # markdown tables from the JSON
+    python -m rpo_mini.experiments all --quick              # a smoke test (~1 min, 2-core CPU)
+
+CPU fallback: `all --device cpu --fixed-data --seeds 0,1,2` (one base model per world instead of
+one per seed and world; see FINDINGS.md for the time estimates).
 
 Each experiment writes `OUT/NAME.json` (settings, machine, date, per-seed raw values, means with
 95% intervals over seeds) and `OUT/NAME.png`, and prints its tables. Everything heavy goes
@@ -37,6 +42,7 @@ first, one job per base model, so that the training jobs only read them.
 """
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import datetime
@@ -46,13 +52,18 @@ import multiprocessing as mp
 import os
 import platform
 import re
-import resource
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 
 import torch
+
+try:
+    import fcntl
+    import resource
+except ImportError:  # Windows: no file lock, no peak RSS
+    fcntl = resource = None
 
 from . import checkpoint, losses, runtime
 from .align import align, objective_step, prepare
@@ -82,25 +93,32 @@ GRIDS = {
     "full": {
         "frontier": {"sft": [3e-5, 1e-4, 3e-4, 1e-3], "kto": [0.03, 0.1, 0.3, 1.0],
                      "dro": [0.1, 0.3, 1.0, 3.0], "rpo": [0.1, 0.3, 1.0, 3.0]},
-        "offpolicy": {"sft": [1e-4, 3e-4, 1e-3], "kto": [0.1, 0.3, 1.0], "dro": [0.3, 1.0, 3.0],
+        "offpolicy": {"sft": [3e-4, 1e-3], "kto": [0.1, 1.0], "dro": [0.3, 1.0, 3.0],
                       "rpo": [0.3, 1.0, 3.0], "rpo-ref": [0.3, 1.0, 3.0]},
         "k": {"k": [2, 4, 8, 16], "total": 480, "reference_samples": 64},
         "heterogeneity": {"prior_strength": [0.0, 0.5, 1.0, 2.0]},
         "variance": {"batches": 32, "lrs": [1e-4, 3e-4, 1e-3, 3e-3]},
         "cost": {"steps": 60, "skip": 10, "repeats": 3},
+        "paper": {"objectives": ["sft", "kto", "dro", "rpo"]},
     },
     "quick": {
         "frontier": {"sft": [3e-4], "kto": [0.1], "dro": [0.3, 1.0], "rpo": [0.3, 1.0]},
-        "offpolicy": {"kto": [0.1], "dro": [1.0], "rpo": [1.0], "rpo-ref": [1.0]},
+        "offpolicy": {"dro": [1.0], "rpo": [1.0], "rpo-ref": [1.0]},
         "k": {"k": [2, 4], "total": 64, "reference_samples": 8},
         "heterogeneity": {"prior_strength": [0.0, 1.0]},
         "variance": {"batches": 4, "lrs": [1e-4, 3e-3]},
         "cost": {"steps": 8, "skip": 2, "repeats": 1},
+        "paper": {"objectives": ["kto", "rpo"]},
     },
 }
+# Changes to the defaults, for every experiment. Validation probes at steps 0, 75 and 150 (the
+# default 50 adds a fourth, unused). max_new_tokens 48 (default 40) sizes the model's context for
+# the off-policy generator's longer reviews (up to ~47 tokens with the prompt, which collect.py
+# does not truncate), so that on- and off-policy data share one base model per seed.
+FULL = {"align": {"eval_every": 75}, "collect": {"max_new_tokens": 48}}
 # On top of config.QUICK: smaller still, so `all --quick` runs in about a minute on a 2-core CPU.
-QUICKER = {"pretrain": {"pretrain_steps": 100}, "collect": {"n_prompts": 32},
-           "align": {"steps": 20, "eval_every": 10}, "eval": {"eval_prompts": 16}}
+QUICKER = {"pretrain": {"pretrain_steps": 100}, "collect": {"n_prompts": 32, "max_new_tokens": 48},
+           "align": {"steps": 12, "eval_every": 12}, "eval": {"eval_prompts": 12}}
 
 KL_THRESHOLDS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, None)  # nats per response; None = no limit
 METRICS = ("reward", "gold", "kl", "win_rate", "distinct_1", "distinct_2", "toxicity_rate", "fluency", "length")
@@ -123,13 +141,28 @@ class Ctx:
     workers: int = 1
     fixed_data: bool = False
     command: str = ""
+    plan: list | None = None  # --plan: count the jobs, run nothing
+    _pool: object = field(default=None, repr=False)
+
+    def pool(self):
+        """The worker processes, started once per invocation (spawn: CUDA cannot be forked)."""
+        if self._pool is None:
+            threads = max(1, (os.cpu_count() or 1) // self.workers)
+            self._pool = mp.get_context("spawn").Pool(self.workers, _init_worker, (threads, self.cache))
+        return self._pool
+
+    def close(self, terminate=False):
+        if self._pool is not None:
+            self._pool.terminate() if terminate else self._pool.close()
+            self._pool.join()
+            self._pool = None
 
     @property
     def grid(self) -> dict:
         return GRIDS["quick" if self.quick else "full"]
 
     def base_cfg(self) -> Config:
-        cfg = Config()
+        cfg = apply(Config(), FULL)
         if self.quick:
             apply(apply(cfg, QUICK), QUICKER)
             cfg.run.quick = True
@@ -169,6 +202,10 @@ def run_jobs(ctx: Ctx, jobs: list, fresh: bool = False) -> list:
     processes ever write the same file. fresh=True gives every job its own new process, one at
     a time (clean timings and peak-memory readings for `cost`)."""
     prep = _prepare_jobs(jobs)
+    if ctx.plan is not None:
+        ctx.plan.append({"jobs": len(jobs), "base_models": len(prep),
+                         "tasks": {t: sum(j.task == t for j in jobs) for t in dict.fromkeys(j.task for j in jobs)}})
+        raise _Planned
     for phase, todo in (("prepare", prep), ("run", jobs)):
         if not todo:
             continue
@@ -178,20 +215,33 @@ def run_jobs(ctx: Ctx, jobs: list, fresh: bool = False) -> list:
     return results
 
 
+class _Planned(Exception):
+    pass
+
+
 def _map(ctx, jobs, fresh=False):
-    workers = 1 if fresh else min(ctx.workers, len(jobs))
     results = [None] * len(jobs)
-    if workers <= 1 and not fresh:
+    if ctx.workers <= 1 and not fresh:
         for i, job in enumerate(jobs):
             results[i] = _report(i, len(jobs), job, run_job(job))
         return results
-    spawn = mp.get_context("spawn")  # CUDA cannot be forked; spawn is also what macOS uses
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with spawn.Pool(workers, initializer=_init_worker, initargs=(spawn.Lock(), threads, ctx.cache),
-                    maxtasksperchild=1 if fresh else None) as pool:
+    pool = _fresh_pool(ctx) if fresh else ctx.pool()
+    try:
         for n, (i, result) in enumerate(pool.imap_unordered(_indexed, list(enumerate(jobs)))):
             results[i] = _report(n, len(jobs), jobs[i], result)
+    except BaseException:
+        pool.terminate() if fresh else ctx.close(terminate=True)
+        raise
+    finally:
+        if fresh:
+            pool.close()
+            pool.join()
     return results
+
+
+def _fresh_pool(ctx):
+    """One process per job, one job at a time, using every core."""
+    return mp.get_context("spawn").Pool(1, _init_worker, (os.cpu_count() or 1, ctx.cache), maxtasksperchild=1)
 
 
 def _report(n, total, job, result):
@@ -213,7 +263,7 @@ def _prepare_jobs(jobs) -> list:
         c = job.cfg
         key = stage_key(c.world, c.tokenizer, c.model, c.pretrain, c.run.seed, c.collect.max_new_tokens,
                         c.run.out, c.run.device)
-        g = groups.setdefault(key, Job("prepare", c, params={"collects": [], "seeds": []}))
+        g = groups.setdefault(key, Job("prepare", c, c.run.seed, "data", params={"collects": [], "seeds": []}))
         if to_dict(c.collect) not in g.params["collects"]:
             g.params["collects"].append(to_dict(c.collect))
         if job.seed not in g.params["seeds"]:
@@ -224,13 +274,10 @@ def _prepare_jobs(jobs) -> list:
 # =============================================================================================
 # Worker side: every task builds (or loads) its stages through the pipeline
 
-_LOCK = None
 _MATERIALS = {}  # per process: config of the data → (stages, base model, dataset)
 
 
-def _init_worker(lock, threads, cache):
-    global _LOCK
-    _LOCK = lock
+def _init_worker(threads, cache):
     torch.set_num_threads(threads)
     # Progress bars of N processes would interleave; a file is no terminal, so tqdm stays quiet.
     os.makedirs(os.path.join(cache, "logs"), exist_ok=True)
@@ -260,16 +307,23 @@ def _materials(cfg: Config):
     key = stage_key(cfg.world, cfg.tokenizer, cfg.model, cfg.pretrain, cfg.collect, cfg.eval,
                     cfg.run.seed, cfg.run.out, cfg.run.device, cfg.run.dtype)
     if key not in _MATERIALS:
-        if _LOCK is not None:
-            with _LOCK:  # Stages() probes the output folder with a fixed file name
-                st = Stages(cfg, log=_quiet)
-        else:
+        with _folder_lock(cfg.run.out):  # Stages() probes the folder with a fixed file name
             st = Stages(cfg, log=_quiet)
         st.tokenizer()
         base = st.base()
         _MATERIALS[key] = (st, base, st.dataset(base))
     st, base, data = _MATERIALS[key]
     return st.with_align(**to_dict(cfg.align)), base, data
+
+
+@contextlib.contextmanager
+def _folder_lock(folder):
+    """One process at a time, across processes (POSIX file lock; elsewhere no lock)."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, ".lock"), "w") as f:
+        if fcntl:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def _task_prepare(job):
@@ -285,13 +339,12 @@ def _task_train(job):
     st, base, data = _materials(job.cfg)
     objective = VARIANTS[job.variant][0]
     if job.variant == "rpo-global":
-        # One group for the whole dataset: log Ẑ = logsumexp_all(r/τ) − log N, a global baseline.
         # The policy is cached under its own key, since the stages key it by the data's origin.
         st = copy.copy(st)
         st.data_key = stage_key(st.data_key, "global-baseline")
-        data = dataclasses.replace(data, prompt_ids=torch.zeros_like(data.prompt_ids))
+        data = global_baseline(data)
     runtime.seed_everything(job.seed)
-    probe = st.world.val_prompts[:16] if st.cfg.run.quick else None  # (default: the first 32)
+    probe = st.world.val_prompts[:8] if st.cfg.run.quick else None  # (default: the first 32)
     try:
         policy, history, path = st.policy(objective, job.seed, base, data, probe_prompts=probe)
     except FloatingPointError as e:  # a non-finite loss: align refuses to train on
@@ -299,7 +352,9 @@ def _task_train(job):
     ref_s = st.evaluate("reference", base, base, job.seed, st.base_key)
     s = st.evaluate(objective, policy, base, job.seed, st.policy_key(objective, job.seed))
     m = summarize(s, st.world, st.reward_name, ref_s)
+    ref = summarize(ref_s, st.world, st.reward_name)
     out = {"seed": job.seed, "diverged": False, **{k: m[k] for k in METRICS if k in m},
+           **{f"ref_{k}": ref[k] for k in METRICS if k in ref and k not in ("kl", "win_rate")},
            "final_loss": history["train"][-1]["loss"], "train_seconds": history.get("seconds", 0.0)}
     if history["probe"]:
         out |= {f"val_{k}": v for k, v in history["probe"][-1].items() if k != "step"}
@@ -307,6 +362,12 @@ def _task_train(job):
     if job.params.get("values"):  # DRO: its value network's V(x)/τ on the training prompts
         out["values"] = _dro_values(st, base, path, st.cfg.objective_tau("dro"))
     return out
+
+
+def global_baseline(data):
+    """The dataset with every sample in one prompt group, for RPO's partition only: log Ẑ becomes
+    logsumexp over ALL rewards/τ − log N, one baseline shared by every prompt."""
+    return dataclasses.replace(data, prompt_ids=torch.zeros_like(data.prompt_ids))
 
 
 def _dro_values(st, base, path, tau) -> list:
@@ -376,6 +437,7 @@ def _task_trajectory(job):
     preps["none"] = preps["rpo"] | {"log_z": torch.zeros_like(preps["rpo"]["log_z"])}
     if obj == "dro":
         preps["dro"] = prepare("dro", data, ref_logps, a, tau)
+    preps = {e: {k: v.to(device) if k != "index" else v for k, v in p.items()} for e, p in preps.items()}  # as align
     policy = copy.deepcopy(base).requires_grad_(True).train()
     value = ValueModel(base.config).to(device).requires_grad_(False) if obj == "dro" else None
     run = {"policy": policy, "ref": base, "policy_nograd": policy, "value": value}
@@ -466,7 +528,10 @@ class StepClock:
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    if resource is None:
+        return float("nan")
+    unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2 ** 20
 
 
 def _task_cost(job):
@@ -558,10 +623,9 @@ def pareto_front(points: list) -> list:
 
 def paired_difference(a: list, b: list, key: str) -> tuple[float, float]:
     """Mean and 95% interval of a[key] − b[key] over the seeds both have (paired by seed)."""
-    bs = {r["seed"]: r for r in b if not r.get("diverged")}
-    diffs = [r[key] - bs[r["seed"]][key] for r in a if not r.get("diverged") and r["seed"] in bs
-             and key in r and key in bs[r["seed"]]]
-    return mean_ci(diffs)
+    number = lambda r: isinstance(r.get(key), (int, float)) and not r.get("diverged")
+    bs = {r["seed"]: r[key] for r in b if number(r)}
+    return mean_ci([r[key] - bs[r["seed"]] for r in a if number(r) and r["seed"] in bs])
 
 
 def select_on_validation(rows: list) -> dict:
@@ -570,10 +634,10 @@ def select_on_validation(rows: list) -> dict:
     chosen = {}
     for row in rows:
         m = row["mean"]
-        if not math.isfinite(m.get("val_gold", float("nan"))):
+        if not math.isfinite(_num(m.get("val_gold"))):
             continue
         best = chosen.get(row["variant"])
-        rank = (m.get("val_fluency", 0) >= MIN_FLUENCY, m["val_gold"])
+        rank = (_num(m.get("val_fluency")) >= MIN_FLUENCY, m["val_gold"])
         if best is None or rank > best[0]:
             chosen[row["variant"]] = (rank, row)
     return {v: r for v, (_, r) in chosen.items()}
@@ -598,28 +662,28 @@ def offpolicy(ctx: Ctx) -> dict:
 def _frontier(ctx, name, grid, sections) -> dict:
     jobs = [train_job(ctx, v, s, {KNOBS[VARIANTS[v][0]][0]: x}, sections)
             for v, xs in grid.items() for x in xs for s in ctx.seeds]
-    rows = make_rows(jobs, run_jobs(ctx, jobs))
-    return {"grid": grid, "jobs": len(jobs), "rows": rows, "summary": frontier_summary(rows)}
+    return {"grid": grid, "jobs": len(jobs), "rows": make_rows(jobs, run_jobs(ctx, jobs))}
 
 
-def frontier_summary(rows) -> dict:
+def frontier_summary(d) -> dict:
     """Who dominates where: the best mean (test) reward and gold at KL ≤ each threshold, the
     joint Pareto fronts, and each variant's setting chosen on validation with paired
     differences to RPO's chosen setting."""
+    rows = [r for r in d["rows"] if _num(r["mean"].get("kl")) == _num(r["mean"].get("kl"))]  # not NaN
     out = {"kl_thresholds": [t if t is not None else "inf" for t in KL_THRESHOLDS]}
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     for metric in ("reward", "gold"):
         best = {}
         for v in variants:
-            pts = [(r["mean"]["kl"], r["mean"][metric], r["label"], r["ci"][metric]) for r in rows
-                   if r["variant"] == v and math.isfinite(r["mean"].get("kl", float("nan")))]
+            pts = [(r["mean"]["kl"], _num(r["mean"].get(metric)), r["label"], r["ci"].get(metric))
+                   for r in rows if r["variant"] == v]
             best[v] = [None if b is None else {"value": b[1], "ci": b[3], "kl": b[0], "label": b[2]}
                        for b in best_under_kl(pts)]
         out[f"best_{metric}_under_kl"] = best
         out[f"winner_{metric}"] = [max((v for v in variants if best[v][i]), key=lambda v: best[v][i]["value"],
                                        default=None) for i in range(len(KL_THRESHOLDS))]
-        ok = [r for r in rows if math.isfinite(r["mean"].get("kl", float("nan")))]
-        front = pareto_front([(r["mean"]["kl"], r["mean"][metric]) for r in ok])
+        ok = rows
+        front = pareto_front([(r["mean"]["kl"], _num(r["mean"].get(metric))) for r in ok])
         out[f"pareto_{metric}"] = [f"{r['variant']} {r['label']}" for r, f in zip(ok, front) if f]
     chosen = select_on_validation(rows)
     out["selected"] = {v: {"label": r["label"], "setting": r["setting"], "mean": r["mean"], "ci": r["ci"]}
@@ -629,7 +693,11 @@ def frontier_summary(rows) -> dict:
             v: {k: paired_difference(r["per_seed"], chosen["rpo"]["per_seed"], k)
                 for k in ("reward", "gold", "kl", "distinct_2", "toxicity_rate", "fluency")}
             for v, r in chosen.items() if v != "rpo"}
-    return out
+    return {"summary": out}
+
+
+def _num(x) -> float:
+    return float("nan") if x is None else float(x)
 
 
 def k_experiment(ctx: Ctx) -> dict:
@@ -676,13 +744,17 @@ def heterogeneity(ctx: Ctx) -> dict:
         w = _world(ctx.cfg(ctx.seeds[0], world={"prior_strength": ps}))
         between, within = reward_spread(w, w.train_prompts[:40])
         spread[str(ps)] = {"between": between, "within": within, "ratio": between / within}
+    return {"grid": {"prior_strength": grid}, "jobs": len(jobs), "rows": rows, "spread": spread}
+
+
+def heterogeneity_paired(d) -> dict:
+    """RPO − RPO-global and RPO − DRO at each prior strength, paired by seed."""
     diffs = {}
-    for ps in grid:
-        by = {r["variant"]: r for r in rows if r["prior_strength"] == ps}
+    for ps in d["grid"]["prior_strength"]:
+        by = {r["variant"]: r for r in d["rows"] if r["prior_strength"] == ps}
         diffs[str(ps)] = {f"rpo_minus_{v}": {k: paired_difference(by["rpo"]["per_seed"], by[v]["per_seed"], k)
                                              for k in ("reward", "gold", "kl")} for v in ("rpo-global", "dro")}
-    return {"grid": {"prior_strength": grid}, "jobs": len(jobs), "rows": rows, "spread": spread,
-            "paired": diffs}
+    return {"paired": diffs}
 
 
 def _world(cfg):
@@ -740,20 +812,29 @@ def cost(ctx: Ctx) -> dict:
 def paper(ctx: Ctx) -> dict:
     """7. The authors' settings (`--preset paper`: per-token-mean log-probs, "ref" estimator
     with τ = 5, matched-batch KTO with β = 1, lr 1e-4) against our defaults, same data."""
-    jobs = [train_job(ctx, v, s, row={"objective": o, "preset": p}) for o in ("sft", "kto", "dro", "rpo")
+    objs = ctx.grid["paper"]["objectives"]
+    jobs = [train_job(ctx, v, s, row={"objective": o, "preset": p}) for o in objs
             for p, v in (("default", o), ("paper", f"{o}-paper")) for s in ctx.seeds]
-    rows = make_rows(jobs, run_jobs(ctx, jobs))
+    return {"grid": {"objectives": objs, "paper": PAPER["align"]}, "jobs": len(jobs),
+            "rows": make_rows(jobs, run_jobs(ctx, jobs))}
+
+
+def paper_paired(d) -> dict:
+    """paper − default per objective, paired by seed."""
     paired = {}
-    for o in ("sft", "kto", "dro", "rpo"):
-        by = {r["preset"]: r for r in rows if r["objective"] == o}
+    for o in d["grid"]["objectives"]:
+        by = {r["preset"]: r for r in d["rows"] if r["objective"] == o}
         paired[o] = {k: paired_difference(by["paper"]["per_seed"], by["default"]["per_seed"], k)
                      for k in ("reward", "gold", "kl", "distinct_2", "fluency")}
-    return {"grid": {"presets": {"paper": PAPER["align"]}}, "jobs": len(jobs), "rows": rows,
-            "paper_minus_default": paired}
+    return {"paper_minus_default": paired}
 
 
 RUNNERS = {"frontier": frontier, "offpolicy": offpolicy, "k": k_experiment, "heterogeneity": heterogeneity,
            "variance": variance, "cost": cost, "paper": paper}
+# What is computed from the saved results alone (again by `writeup`, so that it can be revised
+# without rerunning anything).
+ANALYSES = {"frontier": frontier_summary, "offpolicy": frontier_summary, "heterogeneity": heterogeneity_paired,
+            "paper": paper_paired}
 
 
 # =============================================================================================
@@ -761,6 +842,13 @@ RUNNERS = {"frontier": frontier, "offpolicy": offpolicy, "k": k_experiment, "het
 
 
 def run_experiment(ctx: Ctx, name: str) -> dict:
+    if ctx.plan is not None:
+        try:
+            RUNNERS[name](ctx)
+        except _Planned:
+            p = ctx.plan[-1]
+            print(f"{name:<14} {p['jobs']:>4} jobs {p['tasks']} over {p['base_models']} base model(s)")
+            return p
     print(f"== {name} ({'quick' if ctx.quick else 'full'}, seeds {ctx.seeds}, workers {ctx.workers})", flush=True)
     t0 = time.perf_counter()
     result = RUNNERS[name](ctx)
@@ -774,7 +862,7 @@ def run_experiment(ctx: Ctx, name: str) -> dict:
          "rerun": f"python -m rpo_mini.experiments {name}{opts}",
          "config": {s: to_dict(getattr(cfg, s)) for s in ("world", "tokenizer", "model", "pretrain",
                                                           "collect", "align", "eval")}, **result}
-    d = _clean(d)
+    d = _analyse(name, _clean(d))
     os.makedirs(ctx.out, exist_ok=True)
     with open(os.path.join(ctx.out, f"{name}.json"), "w") as f:
         json.dump(d, f, indent=1)
@@ -782,6 +870,10 @@ def run_experiment(ctx: Ctx, name: str) -> dict:
     print(MARKDOWN[name](d), flush=True)
     print(f"== {name}: {d['jobs']} jobs in {d['elapsed_s']:.1f}s → {ctx.out}/{name}.json, {name}.png\n", flush=True)
     return d
+
+
+def _analyse(name, d) -> dict:
+    return _clean(d | ANALYSES[name](d)) if name in ANALYSES else d
 
 
 def _clean(obj):
@@ -846,6 +938,9 @@ def plot_frontier(d, path):
             for r in rows:
                 ax.annotate(r["label"].split("=")[-1], (_m(r, "kl"), _m(r, metric)), fontsize=7,
                             xytext=(3, 3), textcoords="offset points", color=COLORS.get(v))
+        ref = [r["mean"].get(f"ref_{metric}") for r in d["rows"] if r["mean"].get(f"ref_{metric}") is not None]
+        if ref:
+            ax.plot([0], [ref[0]], "*", ms=12, color="0.3", label="π_ref")
         ax.set_xscale("symlog", linthresh=1.0)
         ax.set_xlabel("KL(π ‖ π_ref), nats per response (test)")
         ax.set_ylabel(f"mean {metric} reward (test)")
@@ -915,15 +1010,15 @@ def plot_variance(d, path):
     for ax, key, label in ((axes[1], "loss", "training loss"), (axes[2], "grad_norm", "gradient norm (pre-clip)")):
         for v in ("rpo", "dro"):
             mc = d["curves"][v][key]
-            mean = [m for m, _ in mc]
-            ci = [c or 0 for _, c in mc]
-            steps = range(1, len(mean) + 1)
+            w = max(1, len(mc) // 25)  # a moving average over w steps keeps the plot readable
+            mean, ci = _smooth([m for m, _ in mc], w), _smooth([c or 0 for _, c in mc], w)
+            steps = range(w, len(mc) + 1)
             ax.plot(steps, mean, color=COLORS[v], label=v)
             ax.fill_between(steps, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)],
                             color=COLORS[v], alpha=0.25)
         ax.set_yscale("log")
         ax.set_xlabel("step")
-        ax.set_ylabel(label)
+        ax.set_ylabel(label + (f", {w}-step moving average" if w > 1 else ""))
         ax.legend(fontsize=8)
     lrs = d["grid"]["lrs"]
     width = 0.38
@@ -938,6 +1033,10 @@ def plot_variance(d, path):
     axes[3].legend(fontsize=8)
     fig.suptitle(f"variance and stability: mean ± 95% CI over {len(d['seeds'])} seeds")
     _save(fig, path)
+
+
+def _smooth(xs, w):
+    return [sum(xs[i - w:i]) / w for i in range(w, len(xs) + 1)]
 
 
 def plot_cost(d, path):
@@ -958,15 +1057,15 @@ def plot_cost(d, path):
 def plot_paper(d, path):
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
-    objs = ["sft", "kto", "dro", "rpo"]
+    objs = d["grid"]["objectives"]
     for ax, metric in zip(axes, ("reward", "gold", "kl")):
         for i, preset in enumerate(("default", "paper")):
             rows = {r["objective"]: r for r in d["rows"] if r["preset"] == preset}
-            ax.bar([j + (i - 0.5) * 0.38 for j in range(4)], [_m(rows[o], metric) for o in objs], 0.38,
+            ax.bar([j + (i - 0.5) * 0.38 for j in range(len(objs))], [_m(rows[o], metric) for o in objs], 0.38,
                    yerr=[_c(rows[o], metric) for o in objs], capsize=2, label=preset,
                    color=[COLORS[o] for o in objs], alpha=1.0 if preset == "default" else 0.5,
                    hatch=None if preset == "default" else "//")
-        ax.set_xticks(range(4), objs)
+        ax.set_xticks(range(len(objs)), objs)
         ax.set_ylabel(f"mean {metric} (test)" if metric != "kl" else "KL(π ‖ π_ref) (test)")
         ax.legend(fontsize=8)
     fig.suptitle(f"paper preset (hatched) vs defaults; mean ± 95% CI over {len(d['seeds'])} seeds")
@@ -1006,11 +1105,16 @@ def _provenance(d) -> str:
             f"{'; QUICK variant, not a result' if d['quick'] else ''}.")
 
 
-def _metric_table(rows, extra=()) -> str:
+def _metric_table(rows, extra=(), reference=False) -> str:
     cols = [("reward", "reward"), ("gold", "gold"), ("kl", "KL"), ("win_rate", "win vs ref"),
             ("distinct_2", "distinct-2"), ("toxicity_rate", "toxic"), ("fluency", "fluent")]
     header = ["variant", *[e for e in extra], "setting", *[c[1] for c in cols], "seeds"]
     lines = []
+    if reference and rows:  # every row holds the same reference evaluations (per seed)
+        r = rows[0]
+        lines.append(["π_ref", *["" for _ in extra], "base model",
+                      *[_pm(r["mean"].get(f"ref_{k}"), r["ci"].get(f"ref_{k}"), "+.3f" if k in ("reward", "gold")
+                            else ".3f") if k not in ("kl", "win_rate") else "—" for k, _ in cols], r["n_seeds"]])
     for r in rows:
         lines.append([r["variant"], *[r.get(e, "") for e in extra], r["label"],
                       *[_pm(r["mean"].get(k), r["ci"].get(k), "+.3f" if k in ("reward", "gold") else ".3f")
@@ -1020,7 +1124,8 @@ def _metric_table(rows, extra=()) -> str:
 
 def md_frontier(d) -> str:
     s = d["summary"]
-    out = [_provenance(d), "", "Test metrics per setting (mean ± 95% CI over seeds):", "", _metric_table(d["rows"]), ""]
+    out = [_provenance(d), "", "Test metrics per setting (mean ± 95% CI over seeds); π_ref = the base model:", "",
+           _metric_table(d["rows"], reference=True), ""]
     ths = [f"KL ≤ {t}" if t != "inf" else "any KL" for t in s["kl_thresholds"]]
     for metric in ("reward", "gold"):
         lines = [[v, *[_pm(b["value"], b["ci"]) + f" ({b['label']})" if b else "—" for b in best]]
@@ -1095,8 +1200,8 @@ def md_variance(d) -> str:
 
 def md_cost(d) -> str:
     mem = "peak_mb" if "peak_mb" in d["rows"][0]["mean"] else "peak_rss_mb"
-    lines = [[r["variant"], _pm(_m(r, "ms_per_step"), _c(r, "ms_per_step"), ".2f"), f"{_m(r, 'ms_iqr'):.2f}",
-              _pm(_m(r, mem), _c(r, mem), ".0f"), *([f"{_m(r, 'rss_growth_mb'):.0f}"] if mem != "peak_mb" else []),
+    lines = [[r["variant"], _pm(_m(r, "ms_per_step"), r["ci"].get("ms_per_step"), ".2f"), f"{_m(r, 'ms_iqr'):.2f}",
+              _pm(_m(r, mem), r["ci"].get(mem), ".0f"), *([f"{_m(r, 'rss_growth_mb'):.0f}"] if mem != "peak_mb" else []),
               f"{int(_m(r, 'params')):,}"] for r in d["rows"]]
     header = ["objective", "ms/step (median)", "IQR ms", "peak MiB", *(["RSS growth MiB"] if mem != "peak_mb" else []),
               "trained params"]
@@ -1107,7 +1212,7 @@ def md_cost(d) -> str:
 
 def md_paper(d) -> str:
     lines = []
-    for o in ("sft", "kto", "dro", "rpo"):
+    for o in d["grid"]["objectives"]:
         by = {r["preset"]: r for r in d["rows"] if r["objective"] == o}
         pd = d["paper_minus_default"][o]
         lines.append([o, *[_pm(_m(by[p], m), _c(by[p], m)) for m in ("gold", "kl") for p in ("default", "paper")],
@@ -1130,7 +1235,7 @@ def writeup(out: str, findings: str | None = None) -> str:
         path = os.path.join(out, f"{name}.json")
         if os.path.exists(path):
             with open(path) as f:
-                parts[name] = MARKDOWN[name](json.load(f))
+                parts[name] = MARKDOWN[name](_analyse(name, json.load(f)))
     text = "\n\n".join(f"## {name}\n\n{body}\n\n![{name}]({name}.png)" for name, body in parts.items())
     with open(os.path.join(out, "TABLES.md"), "w") as f:
         f.write("# Experiment tables (generated by `python -m rpo_mini.experiments writeup`)\n\n" + text + "\n")
@@ -1155,7 +1260,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m rpo_mini.experiments",
                                 description="Test the RPO paper's claims on the toy worlds (FINDINGS.md).")
     p.add_argument("name", choices=(*EXPERIMENTS, "all", "writeup"))
-    p.add_argument("--quick", action="store_true", help="tiny config, 2 seeds, tiny grids (a smoke test)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny config, 2 seeds, tiny grids, --fixed-data: a smoke test of the code, not a result")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2,3,4; quick: 0,1)")
     p.add_argument("--device", default="auto", help="auto (cuda → mps → cpu), cpu, cuda, ...")
     p.add_argument("--out", default="findings", help="where NAME.json and NAME.png go")
@@ -1164,6 +1270,9 @@ def main(argv=None) -> int:
     p.add_argument("--fixed-data", action="store_true",
                    help="one world/base/dataset (the first seed's); seeds vary alignment and evaluation only")
     p.add_argument("--findings", default="FINDINGS.md", help="writeup: fill the tables between its markers")
+    p.add_argument("--plan", action="store_true",
+                   help="print each experiment's job count (jobs already cached by an earlier experiment "
+                        "of the same run are counted again) and run nothing")
     args = p.parse_args(argv)
     if args.name == "writeup":
         print(writeup(args.out, args.findings))
@@ -1171,12 +1280,16 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in (args.seeds or ("0,1" if args.quick else "0,1,2,3,4")).split(",") if s.strip()]
     ctx = Ctx(quick=args.quick, seeds=seeds, device=args.device, out=args.out, workers=max(1, args.workers),
               cache=args.cache or ("out/experiments-quick" if args.quick else "out/experiments"),
-              fixed_data=args.fixed_data or args.quick,
+              fixed_data=args.fixed_data or args.quick, plan=[] if args.plan else None,
               command="python -m rpo_mini.experiments " + " ".join(argv if argv is not None else sys.argv[1:]))
     t0 = time.perf_counter()
     names = EXPERIMENTS if args.name == "all" else (args.name,)
-    total = sum(run_experiment(ctx, n)["jobs"] for n in names)
-    print(f"done: {', '.join(names)}: {total} jobs in {time.perf_counter() - t0:.1f}s", flush=True)
+    try:
+        total = sum(run_experiment(ctx, n)["jobs"] for n in names)
+    finally:
+        ctx.close()
+    print(f"{'planned' if args.plan else 'done'}: {', '.join(names)}: {total} jobs"
+          f"{'' if args.plan else f' in {time.perf_counter() - t0:.1f}s'}", flush=True)
     return 0
 
 
