@@ -25,7 +25,7 @@ VOLATILE = ("seconds", "timings", "checkpoint", "checkpoints", "artifacts", "con
 
 def train(*args, **kw):
     return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], capture_output=True,
-                          text=True, timeout=600, **kw)
+                          text=True, timeout=1800, **kw)
 
 
 def stable(metrics: dict) -> dict:
