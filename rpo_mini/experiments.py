@@ -113,8 +113,8 @@ GRIDS = {
 }
 # Changes to the defaults, for every experiment. Validation probes at steps 0, 75 and 150 (the
 # default 50 adds a fourth, unused). max_new_tokens 48 (default 40) sizes the model's context for
-# the off-policy generator's longer reviews (up to ~47 tokens with the prompt, which collect.py
-# does not truncate), so that on- and off-policy data share one base model per seed.
+# the off-policy generator's longer reviews (up to ~47 tokens with the prompt; collect.py cuts
+# longer ones), so that on- and off-policy data share one base model per seed.
 FULL = {"align": {"eval_every": 75}, "collect": {"max_new_tokens": 48}}
 # On top of config.QUICK: smaller still, so `all --quick` runs in about a minute on a 2-core CPU.
 QUICKER = {"pretrain": {"pretrain_steps": 100}, "collect": {"n_prompts": 32, "max_new_tokens": 48},
