@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import UserError
+from .losses import group_sizes
 
 FIELDS = ("prompt_id", "prompt", "response", "prompt_tokens", "response_tokens", "reward",
           "rewards", "ref_logp", "fluent")
@@ -40,7 +41,7 @@ class Dataset:
 
     def lone_prompts(self) -> int:
         """Prompts with a single response: RPO's target for them is 0 (no reward signal)."""
-        return sum(1 for c in self.group_sizes().values() if c == 1)
+        return int((group_sizes(self.prompt_ids) == 1).sum())  # a lone prompt has one sample
 
 
 def write_jsonl(records: list[dict], path: str) -> None:
