@@ -42,7 +42,6 @@ first, one job per base model, so that the training jobs only read them.
 """
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import datetime
@@ -60,10 +59,9 @@ from dataclasses import dataclass, field
 import torch
 
 try:
-    import fcntl
     import resource
-except ImportError:  # Windows: no file lock, no peak RSS
-    fcntl = resource = None
+except ImportError:  # Windows: no peak RSS
+    resource = None
 
 from . import checkpoint, losses, runtime
 from .align import align, objective_step, prepare
@@ -307,23 +305,12 @@ def _materials(cfg: Config):
     key = stage_key(cfg.world, cfg.tokenizer, cfg.model, cfg.pretrain, cfg.collect, cfg.eval,
                     cfg.run.seed, cfg.run.out, cfg.run.device, cfg.run.dtype)
     if key not in _MATERIALS:
-        with _folder_lock(cfg.run.out):  # Stages() probes the folder with a fixed file name
-            st = Stages(cfg, log=_quiet)
+        st = Stages(cfg, log=_quiet)
         st.tokenizer()
         base = st.base()
         _MATERIALS[key] = (st, base, st.dataset(base))
     st, base, data = _MATERIALS[key]
     return st.with_align(**to_dict(cfg.align)), base, data
-
-
-@contextlib.contextmanager
-def _folder_lock(folder):
-    """One process at a time, across processes (POSIX file lock; elsewhere no lock)."""
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, ".lock"), "w") as f:
-        if fcntl:
-            fcntl.flock(f, fcntl.LOCK_EX)
-        yield
 
 
 def _task_prepare(job):
