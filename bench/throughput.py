@@ -80,7 +80,8 @@ def run_one(name: str, variant: dict, device, batch: int, steps: int, repeats: i
             training.check_finite(loss, 0, "benchmark")  # a host-device sync, as in the loop
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        training.grad_norm_and_clip(model.parameters(), 1.0)
+        training.grad_norm(model.parameters())  # as the loop: the norm (logged), then the clip
+        training.clip_grads(model.parameters(), 1.0)
         opt.step()
 
     def window():

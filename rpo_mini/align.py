@@ -1,166 +1,250 @@
-"""Alignment: one loop for all four objectives (SFT, KTO, DRO, RPO) on the same dataset.
+"""Alignment: the registry of objectives, and one prepared alignment that trains any of them.
 
-Before the loop, everything that does not change during training is computed once:
+Before the first step, everything that does not change during training is computed once:
 the reference model's log-probs of every sample (π_ref is frozen), the (z-scored) rewards,
 and per objective its fixed inputs — RPO's partition log Ẑ(x), KTO's desirability labels,
-SFT's selected responses. The loop then only runs the policy (and DRO's value network).
+SFT's selected responses. Each step then only runs the policy (and DRO's value network).
+
+Adding an objective: its loss in `losses.py`, then one `Objective` entry in `OBJECTIVES` below
+(and its learning-rate field, `<name>_lr`, in `config.AlignConfig`).
 """
 
 import contextlib
 import copy
-import os
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
-from tqdm import tqdm
 
 from . import losses, training
-from .collect import response_logprobs
-from .config import OBJECTIVES, AlignConfig
 from .data import Dataset, collate, collate_prompts, reward_stats
 from .model import GPT, ValueModel
 from .runtime import Dist
+from .sampling import response_logprobs
+
+KTO_VARIANTS = ("halos", "paper")  # reference point: mismatched pairs, clamped (TRL/HALOs) | matched batch
 
 
-def prepare(objective: str, data: Dataset, ref_logps: torch.Tensor, cfg: AlignConfig, tau: float) -> dict:
-    """The per-sample tensors an objective trains on, fixed for the whole run."""
+@dataclass
+class Batch:
+    """One minibatch, as every objective's loss sees it."""
+    idx: torch.Tensor      # (B,) long, on the device: which samples of the dataset
+    prompts: list          # B token lists
+    responses: list        # B token lists, end-of-text last
+    mask: torch.Tensor     # (B, T) response mask of the collated rows
+    logps: torch.Tensor    # (B,) log π_θ(y|x), with gradient
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What the rest of the project needs to know about one objective."""
+    name: str
+    color: str             # its colour in every plot
+    knob: str              # the AlignConfig field of its own strength, swept next to the learning rate
+    knob_values: tuple     # the sweep's values of that knob
+    uses_tau: bool         # τ (the KL strength of the regression onto r/τ) applies to RPO and DRO only
+    value_network: bool    # trains a value network V_φ(x) next to the policy
+    prepare: Callable      # (rewards, data, ref_logps, cfg, tau) -> dict of extra per-sample tensors
+    loss: Callable         # (alignment, batch) -> (loss, metrics)
+
+
+# --- each objective's fixed inputs and minibatch loss ----------------------------------------
+
+def _rpo_prepare(rewards, data, ref_logps, cfg, tau):
+    if cfg.estimator == "uniform":  # QRPO: quantile rewards make Z exact
+        rewards = losses.quantile_rewards(rewards, data.prompt_ids)
+    # The partition: computed once, here, over the whole dataset, and never again.
+    log_z = losses.log_partition(rewards, data.prompt_ids, tau, cfg.estimator, ref_logps=ref_logps.double())
+    return {"rewards": rewards.float(), "log_z": log_z.float()}
+
+
+def _rpo_loss(a, b):
+    f = a.fixed
+    return losses.rpo_loss(b.logps, f["ref_logps"][b.idx], f["rewards"][b.idx], f["log_z"][b.idx], a.tau)
+
+
+def _dro_loss(a, b):
+    p_tokens, last = collate_prompts(b.prompts, a.eot)
+    with a.autocast():
+        values = a.forward["value"](p_tokens.to(a.device), last.to(a.device)).float()
+    return losses.dro_loss(b.logps, a.fixed["ref_logps"][b.idx], a.fixed["rewards"][b.idx], values, a.tau)
+
+
+def _kto_prepare(rewards, data, ref_logps, cfg, tau):
+    return {"desirable": losses.binarize_rewards(rewards, data.prompt_ids, cfg.kto_threshold)}
+
+
+def _kto_loss(a, b):
+    """The reference point z0 comes from the policy on mismatched pairs (x_i, y_{i+1}), without
+    gradient (TRL/HALOs); the authors' variant uses the matched batch instead."""
+    cfg, ref_logps = a.cfg, a.fixed["ref_logps"][b.idx]
+    if cfg.kto_variant == "paper":
+        kl_pol, kl_ref, clamp = b.logps.detach(), ref_logps, False
+    else:
+        perm = losses.kto_mismatched(len(b.idx)).tolist()
+        mm_tokens, mm_mask, _ = collate(b.prompts, [b.responses[j] for j in perm], a.eot)
+        mm_tokens, mm_mask = mm_tokens.to(a.device), mm_mask.to(a.device)
+        with torch.no_grad(), a.autocast():  # the mismatched pairs are not in the dataset: two extra forwards
+            kl_pol = losses.sequence_logprobs(a.policy(mm_tokens), mm_tokens, mm_mask, cfg.length_normalize)
+            kl_ref = losses.sequence_logprobs(a.ref(mm_tokens), mm_tokens, mm_mask, cfg.length_normalize)
+        clamp = True
+    return losses.kto_loss(b.logps, ref_logps, a.fixed["desirable"][b.idx], kl_pol, kl_ref,
+                           beta=cfg.beta, clamp_z0=clamp)
+
+
+def _sft_prepare(rewards, data, ref_logps, cfg, tau):
+    return {"index": torch.nonzero(losses.sft_select(rewards, data.prompt_ids, cfg.sft_mode)).squeeze(1)}
+
+
+def _sft_loss(a, b):
+    n_tok = None if a.cfg.length_normalize else b.mask[:, 1:].sum(1)
+    return losses.sft_loss(b.logps, n_tok)
+
+
+def _nothing(rewards, data, ref_logps, cfg, tau):
+    return {}
+
+
+OBJECTIVES = {o.name: o for o in (
+    Objective("sft", "tab:green", "sft_mode", ("best", "above_mean", "all"), False, False, _sft_prepare, _sft_loss),
+    Objective("kto", "tab:orange", "beta", (0.03, 0.1, 0.3), False, False, _kto_prepare, _kto_loss),
+    Objective("dro", "tab:purple", "dro_tau", (0.1, 0.3, 1.0), True, True, _nothing, _dro_loss),
+    Objective("rpo", "tab:blue", "rpo_tau", (0.1, 0.3, 1.0), True, False, _rpo_prepare, _rpo_loss),
+)}
+
+
+def get(objective: str) -> Objective:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[objective]
+
+
+def prepare(objective: str, data: Dataset, ref_logps: torch.Tensor, cfg, tau: float | None) -> dict:
+    """The per-sample tensors an objective trains on, fixed for the whole run (cfg: AlignConfig).
+
+    Always: the (z-scored) rewards, log π_ref of every sample, and the indices of the samples
+    it trains on; plus the objective's own (`Objective.prepare`)."""
     rewards = data.rewards.clone()
     if cfg.rewards_zscore:
         mean, std = reward_stats(rewards)
         rewards = (rewards - mean) / std
-    prep = {"rewards": rewards.float(), "ref_logps": ref_logps.float(), "index": torch.arange(len(data))}
-    if objective == "rpo":
-        if cfg.estimator == "uniform":  # QRPO: quantile rewards make Z exact
-            rewards = losses.quantile_rewards(rewards, data.prompt_ids)
-            prep["rewards"] = rewards.float()
-        # The partition: computed once, here, over the whole dataset, and never again.
-        prep["log_z"] = losses.log_partition(rewards, data.prompt_ids, tau, cfg.estimator,
-                                             ref_logps=ref_logps.double()).float()
-    elif objective == "kto":
-        prep["desirable"] = losses.binarize_rewards(rewards, data.prompt_ids, cfg.kto_threshold)
-    elif objective == "sft":
-        prep["index"] = torch.nonzero(losses.sft_select(rewards, data.prompt_ids, cfg.sft_mode)).squeeze(1)
-    return prep
+    fixed = {"rewards": rewards.float(), "ref_logps": ref_logps.float(), "index": torch.arange(len(data))}
+    return fixed | get(objective).prepare(rewards, data, ref_logps, cfg, tau)
 
 
-def align(objective: str, base: GPT, data: Dataset, cfg: AlignConfig, lr: float, tau: float, seed: int,
-          eot: int, autocast=contextlib.nullcontext, state_path: str | None = None, resume=False,
-          probe=None, log=print, wrap=lambda m: m, dist=Dist()):
-    """Fine-tune a copy of `base` with one objective. Returns (policy, value_model, history).
+# --- the prepared alignment ------------------------------------------------------------------
 
-    probe(policy) -> dict is called every `cfg.eval_every` steps (validation reward, KL...).
-    wrap(module) returns what runs the forward pass (torch.compile, DDP), same parameters.
-    Under torchrun each rank trains on its share of every batch; only rank 0 writes state."""
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
-    device = next(base.parameters()).device
-    torch.manual_seed(seed)
-    ref = base.eval().requires_grad_(False)
-    policy = copy.deepcopy(base).requires_grad_(True).train()
-    ref_logps = response_logprobs(ref, data.prompt_tokens, data.response_tokens, eot,
-                                  cfg.length_normalize, autocast=autocast)
-    prep = prepare(objective, data, ref_logps, cfg, tau)
-    if "log_z" in prep and dist.world_size > 1:  # one partition for all ranks: rank 0's, from the full dataset
-        log_z = prep["log_z"].to(device)
-        torch.distributed.broadcast(log_z, src=0)
-        prep["log_z"] = log_z
-    prep = {k: v.to(device) if k != "index" else v for k, v in prep.items()}  # on the device once, not per step
-    modules = {"policy": policy}
-    if objective == "dro":
-        value = ValueModel(base.config).to(device)
-        value.trunk.load_state_dict(base.state_dict())
-        modules["value"] = value.train()
-    params = [p for m in modules.values() for p in m.parameters()]
-    opt = training.make_optimizer(params, lr)
-    run = {name: wrap(m) for name, m in modules.items()} | {"ref": ref, "policy_nograd": policy}
+class Alignment:
+    """A copy of `base` being fine-tuned with one objective: policy, value network (DRO), frozen
+    reference, fixed per-sample tensors, optimizer, and the training loop over them.
 
-    step, history = 0, {"train": [], "probe": []}
-    if resume and state_path and os.path.exists(state_path):
-        step, state = training.load_state(state_path, modules, opt)
-        history = state["history"]
-        log(f"{objective}: resumed at step {step}")
-    index = prep["index"]
-    t0, n_tok = time.perf_counter(), 0
-    bar = tqdm(total=cfg.steps, initial=step, desc=objective, unit="step", leave=False, disable=None)
-    with training.SigintGuard() as guard:
-        while step < cfg.steps:
-            if probe and step % cfg.eval_every == 0 and not any(p["step"] == step for p in history["probe"]):
-                policy.eval()
-                history["probe"].append({"step": step, **probe(policy)})
-                policy.train()
-            cur_lr = training.lr_at(step, cfg.steps, lr, cfg.warmup)
-            training.set_lr(opt, cur_lr)
-            idx = index[dist.shard(training.batch_indices(step, min(cfg.batch_size, len(index)), len(index), seed))]
-            loss, metrics = objective_step(objective, run, data, prep, idx, cfg, tau, eot, device, autocast)
-            training.check_finite(loss, step, objective)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            norms = {name: training.grad_norm(m.parameters()) for name, m in modules.items()}
-            training.clip_grads(params, cfg.grad_clip)
-            opt.step()
-            step += 1
-            n_tok += sum(len(data.response_tokens[i]) + len(data.prompt_tokens[i]) for i in idx.tolist())
+    `loss(idx)` is the objective's loss on any minibatch (experiments call it at fixed
+    parameters); `train()` runs the shared loop. `wrap(module)` returns what runs a training
+    forward pass (torch.compile, DDP), same parameters. Under torchrun each rank trains on its
+    share of every batch; only rank 0 writes state."""
+
+    def __init__(self, objective: str, base: GPT, data: Dataset, cfg, lr: float, tau: float | None,
+                 seed: int, eot: int, autocast=contextlib.nullcontext, wrap=lambda m: m, dist: Dist = Dist()):
+        self.objective, self.data, self.cfg, self.tau = get(objective), data, cfg, tau
+        self.seed, self.eot, self.autocast, self.dist = seed, eot, autocast, dist
+        self.device = next(base.parameters()).device
+        torch.manual_seed(seed)
+        self.ref = base.eval().requires_grad_(False)
+        self.policy = copy.deepcopy(base).requires_grad_(True).train()
+        ref_logps = response_logprobs(self.ref, data.prompt_tokens, data.response_tokens, eot,
+                                      cfg.length_normalize, autocast=autocast)
+        fixed = prepare(objective, data, ref_logps, cfg, tau)
+        if "log_z" in fixed and dist.world_size > 1:  # one partition for all ranks: rank 0's, from the full dataset
+            log_z = fixed["log_z"].to(self.device)
+            torch.distributed.broadcast(log_z, src=0)
+            fixed["log_z"] = log_z
+        # on the device once, not per step (the sample indices stay on the CPU for the data order)
+        self.fixed = {k: v.to(self.device) if k != "index" else v for k, v in fixed.items()}
+        self.modules = {"policy": self.policy}
+        self.value = None
+        if self.objective.value_network:
+            self.value = ValueModel(base.config).to(self.device)
+            self.value.trunk.load_state_dict(base.state_dict())
+            self.modules["value"] = self.value.train()
+        params = [p for m in self.modules.values() for p in m.parameters()]
+        self.optimizer = training.make_optimizer(params, lr)
+        self.forward = {name: wrap(m) for name, m in self.modules.items()}
+        self.loop = training.Loop(objective, self.modules, self.optimizer, cfg.steps, lr, cfg.warmup,
+                                  cfg.grad_clip, save_every=cfg.checkpoint_every, dist=dist)
+        self.loop.history = {"train": [], "probe": []}
+
+    @property
+    def history(self) -> dict:
+        return self.loop.history
+
+    def batch(self, step: int) -> torch.Tensor:
+        """The sample indices of step `step` (this rank's share)."""
+        index = self.fixed["index"]
+        order = training.batch_indices(step, min(self.cfg.batch_size, len(index)), len(index), self.seed)
+        return index[self.dist.shard(order)]
+
+    def loss(self, idx: torch.Tensor):
+        """The objective's loss and metrics on the samples `idx` (CPU long tensor)."""
+        prompts = [self.data.prompt_tokens[i] for i in idx.tolist()]
+        responses = [self.data.response_tokens[i] for i in idx.tolist()]
+        tokens, mask, _ = collate(prompts, responses, self.eot)
+        tokens, mask = tokens.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
+        with self.autocast():
+            logits = self.forward["policy"](tokens)
+        logps = losses.sequence_logprobs(logits, tokens, mask, self.cfg.length_normalize)
+        if not torch.isfinite(logps).all():  # let the loop stop with the step and objective named
+            return logps.sum(), {}
+        return self.objective.loss(self, Batch(idx.to(self.device), prompts, responses, mask, logps))
+
+    def train(self, probe=None, state_path: str | None = None, resume: bool = False, log=print,
+              until: int | None = None) -> dict:
+        """Train up to step `until` (default: cfg.steps); returns the history.
+
+        probe(policy) -> dict (validation reward, KL...) is recorded every `cfg.eval_every`
+        steps and once more at the end."""
+        cfg, name, loop = self.cfg, self.objective.name, self.loop
+        loop.state_path = state_path
+        self.policy.train()
+        if resume and loop.resume():
+            log(f"{name}: resumed at step {loop.step}")
+        t0, tokens = time.perf_counter(), [0]
+
+        def loss_at(step):
+            if probe and step % cfg.eval_every == 0 and not any(p["step"] == step for p in self.history["probe"]):
+                self._probe(probe, step)
+            idx = self.batch(step)
+            tokens[0] += sum(len(self.data.response_tokens[i]) + len(self.data.prompt_tokens[i]) for i in idx.tolist())
+            return self.loss(idx)
+
+        def after_step(step, metrics, norms, lr):
             # The policy's gradient norm alone, so DRO's (which also trains a value net) compares with RPO's.
-            gnorm = norms["policy"]
-            history["train"].append({"step": step, **metrics, "grad_norm": gnorm.item(), "lr": cur_lr}
-                                    | ({"value_grad_norm": norms["value"].item()} if "value" in norms else {}))
-            bar.update(1)
+            gnorm = norms["policy"].item()
+            self.history["train"].append({"step": step, **metrics, "grad_norm": gnorm, "lr": lr}
+                                         | ({"value_grad_norm": norms["value"].item()} if "value" in norms else {}))
             if step % 25 == 0 or step == cfg.steps:
-                rate = n_tok / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{rate:,.0f}")
-                probe_txt = "".join(f"  val {k} {v:+.3f}" for k, v in history["probe"][-1].items()
-                                    if k in ("reward", "kl")) if history["probe"] else ""
-                log(f"{objective} step {step:>4}/{cfg.steps}  loss {metrics['loss']:.4f}  grad norm "
-                    f"{gnorm.item():.3f}  lr {cur_lr:.2e}{probe_txt}  {rate:,.0f} tok/s")
-            periodic = step % cfg.checkpoint_every == 0 and step < cfg.steps
-            if state_path and dist.is_main and (guard.requested or periodic):
-                training.save_state(state_path, step, modules, opt, {"history": history})
-            if guard.requested:
-                raise training.Interrupted(f"{objective} interrupted at step {step}; state saved to {state_path}")
-    bar.close()
-    if probe:
-        policy.eval()
-        history["probe"].append({"step": step, **probe(policy)})
-    policy.eval()
-    return policy, modules.get("value"), history
+                rate = tokens[0] / (time.perf_counter() - t0)
+                probe_txt = "".join(f"  val {k} {v:+.3f}" for k, v in self.history["probe"][-1].items()
+                                    if k in ("reward", "kl")) if self.history["probe"] else ""
+                log(f"{name} step {step:>4}/{cfg.steps}  loss {metrics['loss']:.4f}  grad norm "
+                    f"{gnorm:.3f}  lr {lr:.2e}{probe_txt}  {rate:,.0f} tok/s")
+
+        loop.run(loss_at, after_step, until)
+        if probe and loop.step == cfg.steps:
+            self._probe(probe, loop.step)
+        self.policy.eval()
+        return self.history
+
+    def _probe(self, probe, step):
+        self.policy.eval()
+        self.history["probe"].append({"step": step, **probe(self.policy)})
+        self.policy.train()
 
 
-def objective_step(objective, run, data, prep, idx, cfg, tau, eot, device, autocast):
-    """One minibatch: the policy's log-probs, then the objective's loss and metrics."""
-    prompts = [data.prompt_tokens[i] for i in idx.tolist()]
-    responses = [data.response_tokens[i] for i in idx.tolist()]
-    tokens, mask, last_prompt = collate(prompts, responses, eot)
-    tokens, mask = tokens.to(device, non_blocking=True), mask.to(device, non_blocking=True)
-    with autocast():
-        logits = run["policy"](tokens)
-    logps = losses.sequence_logprobs(logits, tokens, mask, cfg.length_normalize)
-    if not torch.isfinite(logps).all():  # let the loop stop with the step and objective named
-        return logps.sum(), {}
-    idx_dev = idx.to(device)
-    rewards, ref_logps = prep["rewards"][idx_dev], prep["ref_logps"][idx_dev]
-
-    if objective == "sft":
-        n_tok = None if cfg.length_normalize else mask[:, 1:].sum(1)
-        return losses.sft_loss(logps, n_tok)
-    if objective == "rpo":
-        return losses.rpo_loss(logps, ref_logps, rewards, prep["log_z"][idx_dev], tau)
-    if objective == "dro":
-        p_tokens, last = collate_prompts(prompts, eot)
-        with autocast():
-            values = run["value"](p_tokens.to(device), last.to(device)).float()
-        return losses.dro_loss(logps, ref_logps, rewards, values, tau)
-    # KTO: the reference point z0 comes from the policy on mismatched pairs (x_i, y_{i+1}),
-    # without gradient (TRL/HALOs); the authors' variant uses the matched batch instead.
-    desirable = prep["desirable"][idx_dev]
-    if cfg.kto_variant == "paper":
-        kl_pol, kl_ref, clamp = logps.detach(), ref_logps, False
-    else:
-        perm = losses.kto_mismatched(len(idx)).tolist()
-        mm_resp = [responses[j] for j in perm]
-        mm_tokens, mm_mask, _ = collate(prompts, mm_resp, eot)
-        mm_tokens, mm_mask = mm_tokens.to(device), mm_mask.to(device)
-        with torch.no_grad(), autocast():  # the mismatched pairs are not in the dataset: two extra forwards
-            kl_pol = losses.sequence_logprobs(run["policy_nograd"](mm_tokens), mm_tokens, mm_mask, cfg.length_normalize)
-            kl_ref = losses.sequence_logprobs(run["ref"](mm_tokens), mm_tokens, mm_mask, cfg.length_normalize)
-        clamp = True
-    return losses.kto_loss(logps, ref_logps, desirable, kl_pol, kl_ref, beta=cfg.beta, clamp_z0=clamp)
+def align(objective: str, base: GPT, data: Dataset, cfg, lr: float, tau: float | None, seed: int, eot: int,
+          autocast=contextlib.nullcontext, state_path: str | None = None, resume=False, probe=None, log=print,
+          wrap=lambda m: m, dist=Dist()):
+    """Fine-tune a copy of `base` with one objective. Returns (policy, value_model or None, history)."""
+    a = Alignment(objective, base, data, cfg, lr, tau, seed, eot, autocast, wrap, dist)
+    history = a.train(probe, state_path, resume, log)
+    return a.policy, a.value, history

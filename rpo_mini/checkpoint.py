@@ -10,7 +10,8 @@ import zipfile
 
 import torch
 
-from .config import UserError
+from .files import atomic_open
+from .runtime import UserError
 
 
 class CheckpointError(UserError):
@@ -19,10 +20,8 @@ class CheckpointError(UserError):
 
 def save(obj: dict, path: str) -> None:
     """Write to a temporary file, then rename: a kill at any moment leaves the old file intact."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def load(path: str, map_location="cpu") -> dict:

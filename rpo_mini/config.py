@@ -1,26 +1,22 @@
 """Configuration: one dataclass per stage, presets, and a command line built from the fields.
 
-Every field becomes a `--flag` (its help is the comment-like `help` metadata). Stages hash
-their own config (plus the hash of their inputs) to name their cache folder, so a stage
-reruns exactly when something it depends on changed.
+Every field becomes a `--flag` (its help is the field's `help` metadata). Each stage hashes its
+own config (plus the keys of its inputs, `stage_key`) to name its artifact, so a stage reruns
+exactly when something it depends on changed.
 """
 
 import argparse
-import math
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 
+from .align import KTO_VARIANTS, OBJECTIVES
+from .losses import BINARIZE_THRESHOLDS, ESTIMATORS, SFT_MODES
 from .model import GPTConfig
+from .runtime import UserError
 from .worlds import WORLDS, WorldConfig
-
-OBJECTIVES = ("sft", "kto", "dro", "rpo")
-
-
-class UserError(ValueError):
-    """Bad input from the user (flags, files): train.py prints the message, no traceback."""
-ESTIMATORS = ("mean", "ref", "uniform")
 
 
 def _f(default, help, **kw):
@@ -58,7 +54,7 @@ class AlignConfig:
     batch_size: int = _f(32, "samples per alignment step")
     lr: float | None = _f(None, "learning rate for every objective (default: each objective's own, below)", type=float)
     # Per-objective defaults: what `python train.py --sweep` chose on the validation prompts
-    # (CPU, 2026-11-26; the grid and every point are in the README's "Tuning" section).
+    # (the grid and every point: results/sweep_cpu.md).
     sft_lr: float = _f(3e-5, "SFT learning rate")
     kto_lr: float = _f(3e-4, "KTO learning rate")
     dro_lr: float = _f(1e-4, "DRO learning rate (policy and value network)")
@@ -69,17 +65,27 @@ class AlignConfig:
     estimator: str = _f("mean", "RPO partition estimator", choices=ESTIMATORS)
     beta: float = _f(0.3, "KTO's β")
     kto_variant: str = _f("halos", "KTO reference point: halos (mismatched pairs, clamped) or paper (matched batch)",
-                          choices=("halos", "paper"))
+                          choices=KTO_VARIANTS)
     kto_threshold: str = _f("global", "KTO desirable iff reward ≥ the global or the prompt's mean",
-                            choices=("global", "prompt"))
+                            choices=BINARIZE_THRESHOLDS)
     sft_mode: str = _f("best", "SFT imitates the best response per prompt, all, or those above the prompt mean",
-                       choices=("best", "all", "above_mean"))
+                       choices=SFT_MODES)
     length_normalize: bool = _f(False, "per-token-mean log-probs instead of sums (the authors' code)")
     rewards_zscore: bool = _f(True, "z-score rewards with the training set's mean and std")
     warmup: int = _f(10, "linear warm-up steps")
     grad_clip: float = _f(1.0, "gradient-norm clip (0 = off)")
     eval_every: int = _f(50, "steps between quick validation probes (reward, KL) during training")
     checkpoint_every: int = _f(50, "steps between training-state checkpoints (for --resume)")
+
+    def lr_for(self, objective: str) -> float:
+        """The learning rate `objective` trains with: --lr if given, else its own `<name>_lr`."""
+        return self.lr if self.lr is not None else getattr(self, f"{objective}_lr")
+
+    def tau_for(self, objective: str) -> float | None:
+        """τ of RPO and DRO (--tau if given, else their own); None for the objectives without one."""
+        if not OBJECTIVES[objective].uses_tau:
+            return None
+        return self.tau if self.tau is not None else getattr(self, f"{objective}_tau")
 
 
 @dataclass
@@ -116,12 +122,6 @@ class Config:
     align: AlignConfig = field(default_factory=AlignConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
-    def objective_lr(self, objective: str) -> float:
-        return self.align.lr if self.align.lr is not None else getattr(self.align, f"{objective}_lr")
-
-    def objective_tau(self, objective: str) -> float:
-        return self.align.tau if self.align.tau is not None else getattr(self.align, f"{objective}_tau")
-
 
 # Flags that differ from their field name; vocab_size of the model comes from the tokenizer.
 RENAMED = {("world", "name"): "world", ("world", "seed"): None, ("model", "vocab_size"): None,
@@ -136,7 +136,7 @@ QUICK = {"world": {"corpus_size": 4000},
                    "sft_lr": 3e-4, "kto_lr": 3e-4, "dro_lr": 3e-4, "rpo_lr": 3e-4},
          "eval": {"eval_prompts": 24, "eval_samples": 2}}
 
-# The authors' released code (DESIGN.md §7): per-token-mean log-probs, the "ref" estimator with
+# The authors' released code (three T5 scripts): per-token-mean log-probs, the "ref" estimator with
 # τ = 5, DRO τ = 1, KTO with a matched-batch reference point and β = 1, lr 1e-4 for all.
 PAPER = {"align": {"length_normalize": True, "estimator": "ref", "rpo_tau": 5.0, "dro_tau": 1.0,
                    "kto_variant": "paper", "beta": 1.0, "lr": 1e-4, "rewards_zscore": True}}
@@ -200,7 +200,14 @@ def validate(cfg: Config) -> None:
     bad = [o for o in objs if o not in OBJECTIVES]
     if bad or not objs:
         raise UserError(f"--objectives: unknown {bad or 'empty list'}; choose from {', '.join(OBJECTIVES)}")
+    if len(set(objs)) != len(objs):
+        raise UserError(f"--objectives repeats an objective ({cfg.run.objectives}); name each once")
     seeds(cfg)
+    c = cfg.collect
+    if not (math.isfinite(c.temperature) and c.temperature > 0):
+        raise UserError(f"--temperature must be a positive number, got {c.temperature}")
+    if c.top_k < 0:
+        raise UserError(f"--top_k must be 0 (off) or a positive number of tokens, got {c.top_k}")
     a = cfg.align
     for name in ("tau", "rpo_tau", "dro_tau", "beta", "lr", "sft_lr", "kto_lr", "dro_lr", "rpo_lr"):
         value = getattr(a, name)
@@ -224,9 +231,15 @@ def objectives(cfg: Config) -> list[str]:
 
 def seeds(cfg: Config) -> list[int]:
     try:
-        return [int(s) for s in cfg.run.seeds.split(",") if s.strip()]
+        out = [int(s) for s in cfg.run.seeds.split(",") if s.strip()]
     except ValueError:
         raise UserError(f"--seeds must be comma-separated integers like 0,1,2; got {cfg.run.seeds!r}") from None
+    if not out:
+        raise UserError("--seeds is empty; give at least one seed, like 0 or 0,1,2")
+    if len(set(out)) != len(out):
+        # two copies of one seed are one run twice: their interval would be a fake ±0
+        raise UserError(f"--seeds repeats a seed ({cfg.run.seeds}); give distinct seeds, like 0,1,2")
+    return out
 
 
 def to_dict(obj) -> dict:

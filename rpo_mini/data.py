@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import UserError
+from .files import atomic_open
 from .losses import group_sizes
+from .runtime import UserError
 
 FIELDS = ("prompt_id", "prompt", "response", "prompt_tokens", "response_tokens", "reward",
           "rewards", "ref_logp", "fluent")
@@ -35,10 +36,6 @@ class Dataset:
     def __len__(self):
         return len(self.records)
 
-    def group_sizes(self) -> dict[int, int]:
-        ids, counts = torch.unique(self.prompt_ids, return_counts=True)
-        return dict(zip(ids.tolist(), counts.tolist()))
-
     def lone_prompts(self) -> int:
         """Prompts with a single response: RPO's target for them is 0 (no reward signal)."""
         return int((group_sizes(self.prompt_ids) == 1).sum())  # a lone prompt has one sample
@@ -46,11 +43,9 @@ class Dataset:
 
 def write_jsonl(records: list[dict], path: str) -> None:
     """Atomic: a partial file never replaces a complete one."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_open(path) as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
 
 
 def read_jsonl(path: str, block_size: int | None = None) -> Dataset:

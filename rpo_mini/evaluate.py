@@ -9,7 +9,10 @@ import math
 
 import torch
 
-from .collect import response_logprobs, sample_responses
+from .sampling import response_logprobs, sample_responses
+
+
+MIN_FLUENCY = 0.9  # a setting chosen on validation must still speak the world's language
 
 
 def mean_ci(values) -> tuple[float, float]:
@@ -33,6 +36,25 @@ def _t975(df: int) -> float:
     if df > 30:
         return 1.96
     return table[max(k for k in table if k <= df)]
+
+
+def over_seeds(per_seed: list[dict], keys=None) -> tuple[dict, dict]:
+    """Mean and 95% interval over runs (seeds) of every numeric key, or of `keys`.
+
+    Runs marked `diverged` and non-finite values are left out. A key measured by a single run
+    keeps that run's own interval (`<key>_ci`, over prompts) when it has one."""
+    ok = [r for r in per_seed if not r.get("diverged")]
+    if keys is None:
+        keys = [k for k, v in (ok[0] if ok else {}).items() if k != "seed" and not k.endswith("_ci")
+                and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    mean, ci = {}, {}
+    for k in keys:
+        runs = [r for r in ok if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])]
+        if len(runs) == 1 and f"{k}_ci" in runs[0]:
+            mean[k], ci[k] = runs[0][k], runs[0][f"{k}_ci"]
+        else:
+            mean[k], ci[k] = mean_ci([r[k] for r in runs])
+    return mean, ci
 
 
 def distinct_n(texts: list[str], n: int) -> float:

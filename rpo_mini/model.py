@@ -10,7 +10,7 @@ unpadded (training batches are right-padded, where causality alone hides the pad
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -19,13 +19,13 @@ import torch.nn.functional as F
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 1024
-    block_size: int = 64  # longest sequence (prompt + response) the model can see
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = True
+    vocab_size: int = field(default=1024, metadata={"help": "tokens in the vocabulary (set from the tokenizer)"})
+    block_size: int = field(default=64, metadata={"help": "longest sequence (prompt + response) the model sees"})
+    n_layer: int = field(default=4, metadata={"help": "transformer blocks"})
+    n_head: int = field(default=4, metadata={"help": "attention heads per block (n_embd must divide by it)"})
+    n_embd: int = field(default=128, metadata={"help": "width of the residual stream"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout rate in attention and MLP (0 = off)"})
+    bias: bool = field(default=True, metadata={"help": "biases in Linear layers and LayerNorms"})
 
 
 class KVCache:

@@ -5,14 +5,11 @@ every real next token, the final end-of-text included, so the model learns where
 stop. Rows start at position 0 exactly as prompts do at sampling time.
 """
 
-import os
 import time
 
 import torch
-from tqdm import tqdm
 
 from . import training
-from .config import PretrainConfig
 from .model import GPT
 from .runtime import Dist
 
@@ -29,50 +26,42 @@ def document_batch(docs: list, idx: torch.Tensor, eot: int):
     return tokens, targets
 
 
-def pretrain(model: GPT, docs: list, eot: int, cfg: PretrainConfig, seed: int, device, autocast,
-             state_path: str, resume: bool = False, log=print, train_model=None, dist=Dist()) -> list[dict]:
-    """Train `model` in place on token documents; returns the loss history.
+def pretrain(model: GPT, docs: list, eot: int, cfg, seed: int, device, autocast,
+             state_path: str | None = None, resume: bool = False, log=print, train_model=None,
+             dist=Dist()) -> list[dict]:
+    """Train `model` in place on token documents (cfg: a PretrainConfig); returns the loss history.
 
     `train_model` is what runs the forward pass (a compiled or DDP-wrapped `model`); under
     torchrun each rank takes its share of every batch and only rank 0 writes state files."""
     train_model = train_model or model
     opt = training.make_optimizer(model.parameters(), cfg.pretrain_lr, weight_decay=0.1)
-    step, history = 0, []
-    if resume and os.path.exists(state_path):
-        step, state = training.load_state(state_path, {"model": model}, opt)
-        history = state["history"]
-        log(f"pretrain: resumed at step {step}")
+    loop = training.Loop("pretraining", {"model": model}, opt, cfg.pretrain_steps, cfg.pretrain_lr,
+                         warmup=max(1, cfg.pretrain_steps // 20), grad_clip=1.0, state_path=state_path,
+                         save_every=100, dist=dist)
+    loop.history = []
+    if resume and loop.resume():
+        log(f"pretraining: resumed at step {loop.step}")
     model.train()
-    tokens_seen, t0 = 0, time.perf_counter()
-    bar = tqdm(total=cfg.pretrain_steps, initial=step, desc="pretrain", unit="step", leave=False, disable=None)
-    with training.SigintGuard() as guard:
-        while step < cfg.pretrain_steps:
-            lr = training.lr_at(step, cfg.pretrain_steps, cfg.pretrain_lr, warmup=max(1, cfg.pretrain_steps // 20))
-            training.set_lr(opt, lr)
-            idx = dist.shard(training.batch_indices(step, cfg.pretrain_batch_size, len(docs), seed))
-            tokens, targets = document_batch(docs, idx, eot)
-            tokens_seen += int((targets >= 0).sum())  # counted on the CPU: no device sync
-            tokens, targets = tokens.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            with autocast():
-                _, loss = train_model(tokens, targets)
-            training.check_finite(loss, step, "pretraining")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = training.grad_norm_and_clip(model.parameters(), 1.0)
-            opt.step()
-            step += 1
-            if step % 25 == 0 or step == cfg.pretrain_steps:
-                rate = tokens_seen / (time.perf_counter() - t0)
-                history.append({"step": step, "loss": loss.item(), "grad_norm": gnorm.item(), "lr": lr})
-                bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{rate:,.0f}")
-                if step % 100 == 0:
-                    log(f"pretrain step {step:>5}/{cfg.pretrain_steps}  loss {loss.item():.3f}  "
-                        f"grad norm {gnorm.item():.2f}  lr {lr:.2e}  {rate:,.0f} tok/s")
-            bar.update(1)
-            if dist.is_main and (guard.requested or (step % 100 == 0 and step < cfg.pretrain_steps)):
-                training.save_state(state_path, step, {"model": model}, opt, {"history": history})
-            if guard.requested:
-                raise training.Interrupted(f"pretraining interrupted at step {step}; state saved to {state_path}")
-    bar.close()
+    seen = {"tokens": 0, "t0": time.perf_counter()}
+
+    def loss_at(step):
+        idx = dist.shard(training.batch_indices(step, cfg.pretrain_batch_size, len(docs), seed))
+        tokens, targets = document_batch(docs, idx, eot)
+        seen["tokens"] += int((targets >= 0).sum())  # counted on the CPU: no device sync
+        tokens, targets = tokens.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        with autocast():
+            _, loss = train_model(tokens, targets)
+        return loss, loss
+
+    def after_step(step, loss, norms, lr):
+        if step % 25 == 0 or step == cfg.pretrain_steps:
+            gnorm = norms["model"].item()
+            loop.history.append({"step": step, "loss": loss.item(), "grad_norm": gnorm, "lr": lr})
+            if step % 100 == 0:
+                rate = seen["tokens"] / (time.perf_counter() - seen["t0"])
+                log(f"pretrain step {step:>5}/{cfg.pretrain_steps}  loss {loss.item():.3f}  "
+                    f"grad norm {gnorm:.2f}  lr {lr:.2e}  {rate:,.0f} tok/s")
+
+    loop.run(loss_at, after_step)
     model.eval()
-    return history
+    return loop.history

@@ -1,35 +1,35 @@
-"""The report: the comparison table, metrics.json, report.md and the PNG plots."""
+"""The report: the comparison table, metrics.json, report.md and the PNG plots.
+
+Everything here is drawn from the values it is handed — nothing is read from disk because it
+happens to be there.
+"""
 
 import json
 import os
 
 from matplotlib.figure import Figure  # figures straight to files; no pyplot state, any backend
 
-from .evaluate import mean_ci
+from .align import OBJECTIVES
+from .evaluate import over_seeds
+from .files import atomic_open, write_json
 
-COLORS = {"reference": "0.4", "sft": "tab:green", "kto": "tab:orange", "dro": "tab:purple", "rpo": "tab:blue"}
+COLORS = {"reference": "0.4", **{o.name: o.color for o in OBJECTIVES.values()}}  # the one palette
 COLUMNS = [("reward", "reward"), ("gold", "gold"), ("win_rate", "win vs ref"), ("kl", "KL"),
            ("distinct_1", "dist-1"), ("distinct_2", "dist-2"), ("toxicity_rate", "toxic"),
            ("fluency", "fluent"), ("length", "words"), ("seconds", "time s")]
 
 
 def aggregate(runs: dict) -> dict:
-    """Per policy: each metric's mean over seeds and its 95% interval.
+    """Per policy: each metric's mean over seeds, its 95% interval and the per-seed values.
 
     One seed: the interval over test prompts from that run. Several seeds: the interval of
     the per-seed values (seed-to-seed variation, which is what a reader should trust)."""
     policies = {}
     for name, per_seed in runs.items():
         row = {"n_seeds": len(per_seed)}
-        for key in per_seed[0]:
-            if key.endswith("_ci") or not isinstance(per_seed[0][key], (int, float)):
-                continue
-            values = [r[key] for r in per_seed]
-            if len(values) == 1:
-                row[key], row[key + "_ci"] = values[0], per_seed[0].get(key + "_ci", float("nan"))
-            else:
-                row[key], row[key + "_ci"] = mean_ci(values)
-            row[key + "_per_seed"] = values
+        mean, ci = over_seeds(per_seed)
+        for key in mean:
+            row[key], row[key + "_ci"], row[key + "_per_seed"] = mean[key], ci[key], [r[key] for r in per_seed]
         row["samples"] = per_seed[0].get("samples", [])
         row["checkpoints"] = [r["checkpoint"] for r in per_seed if "checkpoint" in r]
         policies[name] = row
@@ -56,13 +56,6 @@ def table(metrics: dict) -> str:
                 cells.append(f"{v:>11.3f}")
         lines.append(f"{name:<10}" + "".join(cells))
     return "\n".join(lines)
-
-
-def write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"  # per process, so parallel writers never share a temp file
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=float)
-    os.replace(tmp, path)
 
 
 def plot_training(histories: dict, path: str) -> None:
@@ -130,22 +123,23 @@ def plot_reward_distributions(data, path: str, n_prompts: int = 12) -> None:
     fig.savefig(path, dpi=100)
 
 
-def write_all(out: str, metrics: dict, histories: dict, data, stages, ref_samples=None) -> None:
-    """metrics.json, the three plots and report.md, and the table on the terminal."""
+def write_all(out: str, metrics: dict, histories: dict, data, world, reward: str, sweep: dict | None = None,
+              log=print) -> None:
+    """metrics.json, the three plots and report.md, and the table on the terminal.
+
+    `sweep`: this run's sweep result, drawn into the reward–KL plot (None: no sweep ran)."""
     plots = {"training": "plots/training_curves.png", "reward_kl": "plots/reward_vs_kl.png",
              "rewards": "plots/reward_distributions.png"}
-    sweep_path = os.path.join(out, "sweep.json")
-    sweep = json.load(open(sweep_path))["points"] if os.path.exists(sweep_path) else None
     plot_training(histories, os.path.join(out, plots["training"]))
-    plot_reward_kl(metrics, histories, os.path.join(out, plots["reward_kl"]), sweep)
+    plot_reward_kl(metrics, histories, os.path.join(out, plots["reward_kl"]), sweep and sweep["points"])
     plot_reward_distributions(data, os.path.join(out, plots["rewards"]))
     metrics["plots"] = plots
     write_json(os.path.join(out, "metrics.json"), metrics)
     text = table(metrics)
-    stages.log("\n" + text)
+    log("\n" + text)
     cfg = metrics["config"]
     lines = ["# rpo_mini report", "",
-             f"World `{cfg['world']['name']}`, reward `{stages.reward_name}` (gold: `{stages.world.gold_reward}`), "
+             f"World `{cfg['world']['name']}`, reward `{reward}` (gold: `{world.gold_reward}`), "
              f"device `{metrics['device']}`, seeds `{cfg['run']['seeds']}`, preset `{cfg['run']['preset']}`. "
              f"Total time {metrics['timings']['total']:.0f} s.", "",
              "Reward ± 95% interval on the test prompts (over prompts for one seed, over seeds for several); "
@@ -157,5 +151,5 @@ def write_all(out: str, metrics: dict, histories: dict, data, stages, ref_sample
         lines += [f"- *{p}*{t}" for p, t in row["samples"]] + [""]
     lines += ["## Plots", ""] + [f"![{k}]({v})" for k, v in plots.items()] + ["",
               "## Configuration", "", "```json", json.dumps(cfg, indent=1), "```", ""]
-    with open(os.path.join(out, "report.md"), "w") as f:
+    with atomic_open(os.path.join(out, "report.md")) as f:
         f.write("\n".join(lines))

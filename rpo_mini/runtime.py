@@ -1,4 +1,4 @@
-"""Device, precision, seeding and (under torchrun) the process group, in a few lines each."""
+"""Device, precision, seeding, (under torchrun) the process group, and the user-error type."""
 
 import contextlib
 import os
@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import UserError
+
+class UserError(ValueError):
+    """Bad input from the user (flags, files): train.py prints the message, no traceback, exit 2."""
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -54,13 +56,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A private random stream, so sampling and data order don't depend on what ran before."""
-    g = torch.Generator(device=device)
-    g.manual_seed(seed)
-    return g
 
 
 @dataclass

@@ -10,7 +10,7 @@ import sys
 import torch
 
 from . import checkpoint
-from .config import UserError
+from .runtime import UserError
 from .model import GPT, GPTConfig
 from .tokenizer import load_encoding
 from .worlds import WorldConfig, make_world

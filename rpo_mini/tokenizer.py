@@ -12,13 +12,14 @@ is downloaded. No torch here.
 
 import base64
 import hashlib
-import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
 import regex  # tiktoken's own dependency; `re` lacks the \p{L} classes of the GPT-2 pattern
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
+
+from .files import atomic_open
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT = "<|endoftext|>"
@@ -87,11 +88,9 @@ def make_encoding(ranks: dict[bytes, int], name: str = "rpo_mini") -> tiktoken.E
 
 def save_ranks(ranks: dict[bytes, int], path: str) -> None:
     """Write the `.tiktoken` rank file atomically (a temporary file, then a rename)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_open(path) as f:
         for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
             f.write(f"{base64.b64encode(token).decode()} {rank}\n")
-    os.replace(tmp, path)
 
 
 def load_encoding(path: str) -> tiktoken.Encoding:
@@ -103,6 +102,3 @@ def load_encoding(path: str) -> tiktoken.Encoding:
         digest = hashlib.sha256(f.read()).hexdigest()
     return make_encoding(load_tiktoken_bpe(path, expected_hash=digest))
 
-
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> tiktoken.Encoding:
-    return make_encoding(train_bpe(texts, vocab_size))

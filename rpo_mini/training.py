@@ -1,4 +1,5 @@
-"""What pretraining and alignment loops share: optimizer, schedule, data order, resume, guards.
+"""The one training loop pretraining and alignment share, and what it is made of: optimizer,
+schedule, data order, gradient norms and clipping, the NaN check, Ctrl-C, resumable state.
 
 Data order is a pure function of (seed, step), so resuming needs only the step count plus
 the model and optimizer states: the resumed run sees exactly the batches the uninterrupted
@@ -11,8 +12,10 @@ import signal
 from functools import lru_cache
 
 import torch
+from tqdm import tqdm
 
 from . import checkpoint
+from .runtime import Dist
 
 
 def make_optimizer(params, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
@@ -64,15 +67,9 @@ def grad_norm(params) -> torch.Tensor:
 
 
 def clip_grads(params, max_norm: float) -> None:
+    """Scale all gradients together so that their joint norm is at most `max_norm` (0 = off)."""
     if max_norm > 0:
         torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
-
-
-def grad_norm_and_clip(params, max_norm: float) -> torch.Tensor:
-    params = [p for p in params if p.grad is not None]
-    norm = grad_norm(params)
-    clip_grads(params, max_norm)
-    return norm
 
 
 class Interrupted(Exception):
@@ -117,3 +114,62 @@ def load_state(path: str, modules: dict, optimizer) -> tuple[int, dict]:
 def remove(path: str) -> None:
     if os.path.exists(path):
         os.remove(path)
+
+
+class Loop:
+    """One training run: its modules and optimizer, how far it has got, and its history.
+
+    `run(loss_at, after_step)` trains from the current step up to `until` (default: the end):
+
+        loss_at(step)              -> (loss, info)   the minibatch loss of that step
+        after_step(step, info, norms, lr)             bookkeeping once the step is applied
+                                                      (norms: each module's gradient norm
+                                                      before clipping)
+
+    Around that it does what every loop here must: the learning-rate schedule, stopping on a
+    non-finite loss, clipping, the progress bar, saving resumable state every `save_every`
+    steps and on Ctrl-C (then raising `Interrupted`, never half-applying a step)."""
+
+    def __init__(self, name: str, modules: dict, optimizer, steps: int, peak_lr: float, warmup: int,
+                 grad_clip: float, state_path: str | None = None, save_every: int = 0, dist: Dist = Dist()):
+        self.name, self.modules, self.optimizer = name, modules, optimizer
+        self.steps, self.peak_lr, self.warmup, self.grad_clip = steps, peak_lr, warmup, grad_clip
+        self.state_path, self.save_every, self.dist = state_path, save_every, dist
+        self.params = [p for m in modules.values() for p in m.parameters()]
+        self.step = 0
+        self.history = None
+
+    def resume(self) -> bool:
+        """Continue from the state file, if there is one; True when it did."""
+        if not (self.state_path and os.path.exists(self.state_path)):
+            return False
+        self.step, state = load_state(self.state_path, self.modules, self.optimizer)
+        self.history = state["history"]
+        return True
+
+    def save(self) -> None:
+        save_state(self.state_path, self.step, self.modules, self.optimizer, {"history": self.history})
+
+    def run(self, loss_at, after_step, until: int | None = None) -> None:
+        until = self.steps if until is None else min(until, self.steps)
+        bar = tqdm(total=self.steps, initial=self.step, desc=self.name, unit="step", leave=False, disable=None)
+        with SigintGuard() as guard:
+            while self.step < until:
+                lr = lr_at(self.step, self.steps, self.peak_lr, self.warmup)
+                set_lr(self.optimizer, lr)
+                loss, info = loss_at(self.step)
+                check_finite(loss, self.step, self.name)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                norms = {name: grad_norm(m.parameters()) for name, m in self.modules.items()}
+                clip_grads(self.params, self.grad_clip)
+                self.optimizer.step()
+                self.step += 1
+                after_step(self.step, info, norms, lr)
+                bar.update(1)
+                periodic = self.save_every and self.step % self.save_every == 0 and self.step < self.steps
+                if self.state_path and self.dist.is_main and (guard.requested or periodic):
+                    self.save()
+                if guard.requested:
+                    raise Interrupted(f"{self.name} interrupted at step {self.step}; state saved to {self.state_path}")
+        bar.close()

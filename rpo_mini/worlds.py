@@ -32,7 +32,7 @@ import math
 import random
 import re
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from . import rewards as R
@@ -42,15 +42,16 @@ WORLDS = ("reviews", "arithmetic")
 
 @dataclass
 class WorldConfig:
-    name: str = "reviews"          # "reviews" | "arithmetic"
-    seed: int = 0
-    corpus_size: int = 20000       # documents in the pretraining corpus
-    prior_strength: float = 1.0    # how much prompts differ in reward (0 = all prompts alike)
-    val_fraction: float = 0.2      # share of prompts held out for validation
-    test_fraction: float = 0.2     # share of prompts held out for the final evaluation
-    wrong_fraction: float = 0.2    # arithmetic: share of wrong answers in the corpus
-    arithmetic_prompts: int = 1000  # arithmetic: how many distinct "a+b=" prompts
-    max_operand: int = 99          # arithmetic: operands range over 0..max_operand
+    name: str = field(default="reviews", metadata={"help": "the toy world: " + " or ".join(WORLDS)})
+    seed: int = field(default=0, metadata={"help": "seed of the corpus, the prompts and their splits"})
+    corpus_size: int = field(default=20000, metadata={"help": "documents in the pretraining corpus"})
+    prior_strength: float = field(default=1.0, metadata={
+        "help": "reviews: how much prompts differ in reward (0 = all prompts alike)"})
+    val_fraction: float = field(default=0.2, metadata={"help": "share of prompts held out for validation"})
+    test_fraction: float = field(default=0.2, metadata={"help": "share of prompts held out for the final evaluation"})
+    wrong_fraction: float = field(default=0.2, metadata={"help": "arithmetic: share of wrong answers in the corpus"})
+    arithmetic_prompts: int = field(default=1000, metadata={"help": "arithmetic: how many distinct \"a+b=\" prompts"})
+    max_operand: int = field(default=99, metadata={"help": "arithmetic: operands range over 0..max_operand"})
 
 
 # =============================================================================================

@@ -1,5 +1,7 @@
 """Shared fixtures: one tiny world, tokenizer, base model and dataset, built once per session."""
 
+from types import SimpleNamespace
+
 import pytest
 
 from rpo_mini.config import QUICK, Config, apply
@@ -16,10 +18,12 @@ def tiny_config(out, **align) -> Config:
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
-    """(stages, base model, dataset) of a tiny quick run on the CPU."""
-    from rpo_mini.pipeline import Stages
+    """(st, base model, dataset) of a tiny quick run on the CPU; `st` holds the rest: cfg, ctx,
+    world, tok (the tokenizer artifact) and enc, base_artifact, data_artifact, autocast."""
+    from rpo_mini import stages
 
-    st = Stages(tiny_config(tmp_path_factory.mktemp("tiny")), log=lambda *a: None)
-    st.tokenizer()
-    base = st.base()
-    return st, base, st.dataset(base)
+    cfg = tiny_config(tmp_path_factory.mktemp("tiny"))
+    m = stages.materials(cfg)
+    st = SimpleNamespace(cfg=cfg, ctx=m.ctx, world=m.world, tok=m.tok, enc=m.tok.value, base_artifact=m.base,
+                         data_artifact=m.data, autocast=m.ctx.autocast)
+    return st, m.base.value, m.data.value

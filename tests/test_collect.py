@@ -2,18 +2,20 @@
 
 import filecmp
 
+import pytest
 import torch
 
-from rpo_mini.collect import collect, response_logprobs
-from rpo_mini.data import read_jsonl, write_jsonl
+from rpo_mini.collect import collect
+from rpo_mini.data import write_jsonl
 from rpo_mini.losses import sequence_logprobs
+from rpo_mini.sampling import response_logprobs
 
 
 def test_k_lines_per_prompt_and_fields(tiny):
     st, base, data = tiny
     k, n = st.cfg.collect.k, st.cfg.collect.n_prompts
     assert len(data) == k * n
-    assert data.group_sizes() == {i: k for i in range(n)}
+    assert data.prompt_ids.tolist() == [i for i in range(n) for _ in range(k)]
     rec = data.records[0]
     assert rec["prompt"] == st.world.train_prompts[rec["prompt_id"]]
     assert st.enc.decode(rec["prompt_tokens"]) == rec["prompt"]
@@ -57,3 +59,33 @@ def test_off_policy_collection_scores_world_responses_under_the_reference(tiny):
     with torch.no_grad():
         expected = sequence_logprobs(base(tokens), tokens, mask).item()
     assert abs(recs[0]["ref_logp"] - expected) < 1e-4
+
+
+def test_tempered_collection_records_the_reference_log_prob_not_the_sampler_s(tiny):
+    """With temperature ≠ 1 or top-k the samples do not come from π_ref itself, but `ref_logp`
+    must still be log π_ref(y|x): recomputed here by hand, and different from what T = 1 gives."""
+    import dataclasses
+
+    st, base, _ = tiny
+    recs = {}
+    for t, k in ((1.0, 0), (0.5, 0), (1.0, 5)):
+        cfg = dataclasses.replace(st.cfg.collect, temperature=t, top_k=k, n_prompts=3)
+        recs[t, k] = collect(base, st.enc, st.world, cfg, seed=0)
+    for key, rs in recs.items():
+        for r in rs[:4]:
+            p, y = r["prompt_tokens"], r["response_tokens"]
+            with torch.no_grad():
+                logp = torch.log_softmax(base(torch.tensor([p + y]))[0].double(), -1)
+            assert r["ref_logp"] == pytest.approx(sum(logp[len(p) - 1 + j, t].item() for j, t in enumerate(y)), abs=1e-3)
+    assert [r["response"] for r in recs[0.5, 0]] != [r["response"] for r in recs[1.0, 0]]  # the options reach the sampler
+    assert [r["response"] for r in recs[1.0, 5]] != [r["response"] for r in recs[1.0, 0]]
+
+
+def test_the_training_reward_is_the_chosen_component(tiny):
+    import dataclasses
+
+    st, base, _ = tiny
+    recs = collect(base, st.enc, st.world, dataclasses.replace(st.cfg.collect, reward="sentiment", n_prompts=2), seed=0)
+    assert all(r["reward"] == st.world.score(r["prompt"], r["response"])["sentiment"] for r in recs)
+    with pytest.raises(ValueError, match="is not a reward of the reviews world"):
+        collect(base, st.enc, st.world, dataclasses.replace(st.cfg.collect, reward="charm", n_prompts=1), seed=0)

@@ -42,7 +42,7 @@ def test_jsonl_round_trips_to_identical_tensors(tmp_path):
     assert torch.equal(data.rewards, torch.tensor([i / 3 for i in range(6)], dtype=torch.float64))
     assert data.response_tokens == [[7 + i, 0] for i in range(6)]
     assert data.records == recs
-    assert data.group_sizes() == {0: 2, 1: 2, 2: 2} and data.lone_prompts() == 0
+    assert data.prompt_ids.tolist() == [0, 0, 1, 1, 2, 2] and data.lone_prompts() == 0
 
 
 def test_lone_prompts_are_counted(tmp_path):

@@ -11,7 +11,7 @@ import torch
 from rpo_mini import align as align_mod
 from rpo_mini import losses
 from rpo_mini.align import align, prepare
-from rpo_mini.collect import response_logprobs
+from rpo_mini.sampling import response_logprobs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG = b"\x89PNG\r\n\x1a\n"

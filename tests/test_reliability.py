@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from rpo_mini import checkpoint, losses
+from rpo_mini import checkpoint, losses, stages
 from rpo_mini.align import align
 from rpo_mini.data import Dataset
 
@@ -47,6 +47,13 @@ def stable(metrics: dict) -> dict:
     (["--beta", "nan"], "--beta must be a positive number"),
     (["--seeds", "0,one"], "--seeds must be comma-separated integers"),
     (["--k", "1"], "--k 1 gives every prompt a lone response"),
+    (["--seeds", "0,0"], "--seeds repeats a seed"),
+    (["--seeds", ","], "--seeds is empty"),
+    (["--objectives", "rpo,rpo"], "--objectives repeats an objective"),
+    (["--temperature", "-1"], "--temperature must be a positive number, got -1.0"),
+    (["--temperature", "0"], "--temperature must be a positive number, got 0.0"),
+    (["--top_k", "-3"], "--top_k must be 0 (off) or a positive number"),
+    (["--reward", "charm"], "--reward 'charm' is not a reward of the reviews world"),
 ])
 def test_bad_flags_fail_early_with_one_clear_message(args, message, tmp_path):
     r = train("--quick", "--out", str(tmp_path / "out"), *args)
@@ -124,7 +131,7 @@ def test_a_crafted_pickle_is_refused_without_running_it(tmp_path):
 def test_truncated_corrupted_and_mismatched_checkpoints_give_clear_messages(tiny, tmp_path):
     st, base, _ = tiny
     good = tmp_path / "base.pt"
-    checkpoint.save(st.checkpoint_dict(base, "base"), str(good))
+    checkpoint.save(stages.checkpoint_dict(base, "base", st.tok, st.world), str(good))
     data = good.read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[:len(data) // 2])
     (tmp_path / "junk.pt").write_bytes(b"\x00garbage" * 100)
@@ -151,8 +158,7 @@ def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path, monkeypatc
     checkpoint.save({"x": torch.ones(3)}, path)
 
     def boom(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")
+        f.write(b"partial")  # whatever the file handed to torch.save is, half of it gets written
         raise KeyboardInterrupt  # killed mid-write
 
     monkeypatch.setattr(torch, "save", boom)

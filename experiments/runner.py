@@ -1,0 +1,398 @@
+"""Running the experiments: settings, jobs, worker processes, the tasks they share, and saving.
+
+An experiment is a grid of jobs. A job is one task (a "module:function" string, so that a
+spawned worker can import it) on one `Config`, for one seed and one variant. Every task builds
+or loads what it needs through the library's cached stages (`rpo_mini.stages`) under
+`--cache`, so reruns reuse worlds, tokenizers, base models, datasets, policies and evaluations.
+
+    Ctx            what one invocation shares: quick or full, seeds, device, folders, workers
+    train_job      the job that trains and evaluates one (variant, setting, seed)
+    run_jobs       first one `prepare` job per base model (its datasets, its reference
+                   samples), then the jobs themselves, in-process or in a spawn pool
+    run_experiment runs one `Experiment`, saves OUT/NAME.json and NAME.png, prints its tables
+"""
+
+import copy
+import dataclasses
+import datetime
+import importlib
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from rpo_mini import checkpoint, runtime, stages
+from rpo_mini.config import PAPER, QUICK, CollectConfig, Config, apply, stage_key, to_dict
+from rpo_mini.data import collate_prompts
+from rpo_mini.evaluate import summarize
+from rpo_mini.files import strict, write_json
+from rpo_mini.model import ValueModel
+from rpo_mini.stages import Artifact
+from rpo_mini.worlds import make_world
+
+# A variant = an objective + alignment settings + how its data is presented.
+VARIANTS = {
+    "sft": ("sft", {}), "kto": ("kto", {}), "dro": ("dro", {}), "rpo": ("rpo", {}),
+    "rpo-ref": ("rpo", {"estimator": "ref"}),  # the authors' estimator, Σ_j π_ref(y_j|x) e^{r_j/τ}
+    "rpo-global": ("rpo", {}),                 # one baseline for all prompts (prompt ids zeroed)
+    **{f"{o}-paper": (o, PAPER["align"]) for o in ("sft", "kto", "dro", "rpo")},
+}
+
+# Changes to the defaults, for every experiment. Validation probes at steps 0, 75 and 150 (the
+# default 50 adds a fourth, unused). max_new_tokens 48 (default 40) sizes the model's context for
+# the off-policy generator's longer reviews (up to ~47 tokens with the prompt; collection cuts
+# longer ones), so that on- and off-policy data share one base model per seed.
+FULL = {"align": {"eval_every": 75}, "collect": {"max_new_tokens": 48}}
+# On top of config.QUICK: smaller still, so that `all --quick` runs in minutes on a 2-core CPU.
+QUICKER = {"pretrain": {"pretrain_steps": 100}, "collect": {"n_prompts": 32, "max_new_tokens": 48},
+           "align": {"steps": 12, "eval_every": 12}, "eval": {"eval_prompts": 12}}
+
+METRICS = ("reward", "gold", "kl", "win_rate", "distinct_1", "distinct_2", "toxicity_rate", "fluency", "length")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment: its grid, how it runs, and how its saved result is analysed and shown."""
+    name: str
+    grid: dict                       # {"full": ..., "quick": ...}
+    run: Callable                    # (ctx, grid) -> {"grid", "jobs", ...}: the raw results
+    plot: Callable                   # (d, path): NAME.png from the saved result
+    markdown: Callable               # d -> its tables, as markdown
+    analyse: Callable | None = None  # d -> what is computed from the saved result alone (again by writeup)
+
+    def analysed(self, d: dict) -> dict:
+        return strict(d | self.analyse(d)) if self.analyse else d
+
+
+# =============================================================================================
+# The run context and the jobs
+
+
+@dataclass
+class Ctx:
+    """What every experiment of one invocation shares."""
+    quick: bool = False
+    seeds: list = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    device: str = "auto"
+    out: str = "findings"
+    cache: str = "out/experiments"
+    workers: int = 1
+    fixed_data: bool = False
+    command: str = ""
+    plan: list | None = None  # --plan: count the jobs, run nothing
+    _pool: object = field(default=None, repr=False)
+
+    def pool(self):
+        """The worker processes, started once per invocation (spawn: CUDA cannot be forked)."""
+        if self._pool is None:
+            threads = max(1, (os.cpu_count() or 1) // self.workers)
+            self._pool = mp.get_context("spawn").Pool(self.workers, _init_worker, (threads, self.cache))
+        return self._pool
+
+    def close(self, terminate=False):
+        if self._pool is not None:
+            self._pool.terminate() if terminate else self._pool.close()
+            self._pool.join()
+            self._pool = None
+
+    def base_cfg(self) -> Config:
+        cfg = apply(Config(), FULL)
+        if self.quick:
+            apply(apply(cfg, QUICK), QUICKER)
+            cfg.run.quick = True
+        cfg.run.out, cfg.run.device = self.cache, self.device
+        return cfg
+
+    def cfg(self, seed: int, **sections) -> Config:
+        """The config of one replicate: `sections` = {"align": {...}, "collect": {...}, ...}."""
+        cfg = apply(self.base_cfg(), sections)
+        cfg.run.seed = cfg.world.seed = self.seeds[0] if self.fixed_data else seed
+        return cfg
+
+
+@dataclass
+class Job:
+    task: str                      # "module:function" of the task, e.g. "experiments.runner:train"
+    cfg: Config
+    seed: int = 0                  # the alignment (and evaluation) seed
+    variant: str = ""
+    setting: dict = field(default_factory=dict)  # what defines this point of the grid
+    params: dict = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return self.task.rsplit(":", 1)[-1]
+
+
+def train_job(ctx, variant: str, seed: int, setting: dict | None = None, sections: dict | None = None,
+              **params) -> Job:
+    """Train + evaluate one (variant, setting, seed): `setting` holds AlignConfig changes."""
+    setting = setting or {}
+    sections = copy.deepcopy(sections or {})
+    sections["align"] = {**VARIANTS[variant][1], **sections.get("align", {}), **setting}
+    return Job(f"{__name__}:train", ctx.cfg(seed, **sections), seed, variant, setting, params)
+
+
+def base_key(cfg: Config) -> str:
+    """The key of one base model and where it lives: what its world, tokenizer, shape (the
+    context length follows max_new_tokens) and pretraining are, and the run's cache folder,
+    device and dtype. Jobs with one key share a `prepare` job and, in a process, one copy."""
+    return stage_key(cfg.world, cfg.tokenizer, cfg.model, cfg.pretrain, cfg.run.seed, cfg.collect.max_new_tokens,
+                     cfg.run.out, cfg.run.device, cfg.run.dtype)
+
+
+class Planned(Exception):
+    """--plan: the jobs were counted, not run."""
+
+
+def run_jobs(ctx: Ctx, jobs: list, fresh: bool = False) -> list:
+    """Run jobs in order (in-process) or in a spawn pool; results in the order of `jobs`.
+
+    Shared artifacts are built first (`prepare_jobs`), one job per base model, so that no two
+    processes ever write the same file. fresh=True gives every job its own new process, one at
+    a time (clean timings and peak-memory readings for `cost`)."""
+    prep = prepare_jobs(jobs)
+    if ctx.plan is not None:
+        ctx.plan.append({"jobs": len(jobs), "base_models": len(prep),
+                         "tasks": {t: sum(j.kind == t for j in jobs) for t in dict.fromkeys(j.kind for j in jobs)}})
+        raise Planned
+    for phase, todo in (("prepare", prep), ("run", jobs)):
+        if not todo:
+            continue
+        t0 = time.perf_counter()
+        results = _map(ctx, todo, fresh=fresh and phase == "run")
+        print(f"  {phase}: {len(todo)} job(s) in {time.perf_counter() - t0:.1f}s", flush=True)
+    return results
+
+
+def prepare_jobs(jobs) -> list:
+    """One `prepare` job per base model: its datasets and its reference evaluations."""
+    groups = {}
+    for job in jobs:
+        c = job.cfg
+        g = groups.setdefault(base_key(c), Job(f"{__name__}:prepare", c, c.run.seed, "data",
+                                               params={"collects": [], "seeds": []}))
+        if to_dict(c.collect) not in g.params["collects"]:
+            g.params["collects"].append(to_dict(c.collect))
+        if job.seed not in g.params["seeds"]:
+            g.params["seeds"].append(job.seed)
+    return list(groups.values())
+
+
+def _map(ctx, jobs, fresh=False):
+    results = [None] * len(jobs)
+    if ctx.workers <= 1 and not fresh:
+        for i, job in enumerate(jobs):
+            results[i] = _report(i, len(jobs), job, run_job(job))
+        return results
+    pool = _fresh_pool(ctx) if fresh else ctx.pool()
+    try:
+        for n, (i, result) in enumerate(pool.imap_unordered(_indexed, list(enumerate(jobs)))):
+            results[i] = _report(n, len(jobs), jobs[i], result)
+    except BaseException:
+        pool.terminate() if fresh else ctx.close(terminate=True)
+        raise
+    finally:
+        if fresh:
+            pool.close()
+            pool.join()
+    return results
+
+
+def _fresh_pool(ctx):
+    """One process per job, one job at a time, using every core."""
+    return mp.get_context("spawn").Pool(1, _init_worker, (os.cpu_count() or 1, ctx.cache), maxtasksperchild=1)
+
+
+def _report(n, total, job, result):
+    bits = [f"[{n + 1:>3}/{total}] {job.kind:<10} {job.variant:<10}",
+            " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in job.setting.items()),
+            f"seed {job.seed}"]
+    if "reward" in result:
+        bits.append(f"reward {result['reward']:+.3f} gold {result['gold']:+.3f} kl {result['kl']:.2f}")
+    if result.get("diverged"):
+        bits.append("DIVERGED")
+    print("  ".join(b for b in bits if b) + f"  ({result.get('seconds', 0.0):.1f}s)", flush=True)
+    return result
+
+
+# =============================================================================================
+# Worker side: every task builds (or loads) what it needs through the cached stages
+
+
+def _init_worker(threads, cache):
+    torch.set_num_threads(threads)
+    # Progress bars of N processes would interleave; a file is no terminal, so tqdm stays quiet.
+    os.makedirs(os.path.join(cache, "logs"), exist_ok=True)
+    sys.stderr = open(os.path.join(cache, "logs", f"worker-{os.getpid()}.log"), "a", buffering=1)
+
+
+def _indexed(item):
+    i, job = item
+    return i, run_job(job)
+
+
+def quiet(*args, **kwargs):
+    pass
+
+
+def run_job(job: Job) -> dict:
+    module, name = job.task.split(":")
+    t0 = time.perf_counter()
+    result = getattr(importlib.import_module(module), name)(job)
+    result["seconds"] = result.get("seconds", time.perf_counter() - t0)
+    return result
+
+
+@dataclass(frozen=True)
+class JobMaterials(stages.Materials):
+    """What a task starts from: the library's materials (run context, world, tokenizer, base
+    model π_ref, dataset) of one job's config, and that config."""
+    cfg: Config = None
+
+    @property
+    def enc(self):
+        return self.tok.value
+
+    @property
+    def reward(self) -> str:
+        return self.cfg.collect.reward or self.world.default_reward
+
+    def reference_samples(self, seed: int) -> dict:
+        """π_ref's samples on the test prompts (cached by the evaluation stage)."""
+        return stages.evaluate(self.ctx, "reference", self.base, self.base.value, seed, self.world, self.tok,
+                               self.cfg.eval, self.cfg.collect.max_new_tokens)
+
+
+_BASES, _DATASETS = {}, {}  # per process: base_key → (ctx, world, tok, base); + collect → dataset
+
+
+def materials(cfg: Config) -> JobMaterials:
+    """cfg's world, tokenizer, base model and dataset, built or loaded once per process."""
+    key = base_key(cfg)
+    if key not in _BASES:
+        ctx = stages.context(cfg.run, log=quiet)
+        world = make_world(cfg.world)
+        tok = stages.tokenizer(ctx, world, cfg.tokenizer)
+        mcfg = stages.model_config(world, tok.value, cfg.model, cfg.collect.max_new_tokens)
+        _BASES[key] = ctx, world, tok, stages.base_model(ctx, world, tok, mcfg, cfg.pretrain, cfg.run.seed)
+    ctx, world, tok, base = _BASES[key]
+    data_key = stage_key(key, cfg.collect)
+    if data_key not in _DATASETS:
+        _DATASETS[data_key] = stages.dataset(ctx, world, tok, base, cfg.collect, cfg.run.seed)
+    return JobMaterials(ctx, world, tok, base, _DATASETS[data_key], cfg)
+
+
+def prepare(job: Job) -> dict:
+    """Build a base model's datasets (one per collection setting) and its reference samples."""
+    for c in job.params["collects"]:
+        m = materials(dataclasses.replace(job.cfg, collect=CollectConfig(**c)))
+    for seed in job.params["seeds"]:
+        m.reference_samples(seed)
+    return {}
+
+
+def train(job: Job) -> dict:
+    """Align (cached), evaluate on the test prompts (cached) against the reference's samples."""
+    m, cfg = materials(job.cfg), job.cfg
+    objective, data = VARIANTS[job.variant][0], m.data
+    if job.variant == "rpo-global":  # a data variant of its own key, so its policies are cached apart
+        data = Artifact(global_baseline(data.value), stage_key(data.key, "global-baseline"), data.path)
+    n_probe = 8 if cfg.run.quick else 32  # validation prompts looked at during training
+    probe = stages.validation_probe(m.ctx, m.world, m.tok, m.base.value, m.world.val_prompts[:n_probe],
+                                    cfg.collect.max_new_tokens, m.reward, job.seed)
+    try:
+        policy, history = stages.policy(m.ctx, objective, job.seed, m.base, data, cfg.align, m.tok, m.world, probe)
+    except FloatingPointError as e:  # a non-finite loss: alignment refuses to train on
+        return {"seed": job.seed, "diverged": True, "error": str(e)}
+    ref_s = m.reference_samples(job.seed)
+    s = stages.evaluate(m.ctx, objective, policy, m.base.value, job.seed, m.world, m.tok, cfg.eval,
+                        cfg.collect.max_new_tokens)
+    got, ref = summarize(s, m.world, m.reward, ref_s), summarize(ref_s, m.world, m.reward)
+    out = {"seed": job.seed, "diverged": False, **{k: got[k] for k in METRICS if k in got},
+           **{f"ref_{k}": ref[k] for k in METRICS if k in ref and k not in ("kl", "win_rate")},
+           "final_loss": history["train"][-1]["loss"], "train_seconds": history.get("seconds", 0.0)}
+    if history["probe"]:
+        out |= {f"val_{k}": v for k, v in history["probe"][-1].items() if k != "step"}
+        out["path"] = [[p["step"], p["kl"], p["reward"], p["gold"]] for p in history["probe"]]
+    if job.params.get("values"):  # DRO: its value network's V(x)/τ on the training prompts
+        out["values"] = dro_values(m, policy.path, cfg.align.tau_for("dro"))
+    return out
+
+
+def global_baseline(data):
+    """The dataset with every sample in one prompt group, for RPO's partition only: log Ẑ becomes
+    logsumexp over ALL rewards/τ − log N, one baseline shared by every prompt."""
+    return dataclasses.replace(data, prompt_ids=torch.zeros_like(data.prompt_ids))
+
+
+def dro_values(m: JobMaterials, policy_path: str, tau: float) -> list:
+    """V(x)/τ of the DRO policy's value network (saved next to it) on the training prompts."""
+    vpath = policy_path.replace(".pt", ".value.pt")
+    value = ValueModel(m.base.value.config)
+    checkpoint.load_state_dict(value, checkpoint.load(vpath)["model"], vpath)
+    value = value.to(m.ctx.device).eval()
+    prompts = m.world.train_prompts[:m.cfg.collect.n_prompts or None]
+    tokens, last = collate_prompts([m.enc.encode_ordinary(p) for p in prompts], m.enc.eot_token)
+    with torch.no_grad(), m.ctx.autocast():
+        v = value(tokens.to(m.ctx.device), last.to(m.ctx.device)).float()
+    return (v / tau).cpu().tolist()
+
+
+# =============================================================================================
+# Running one experiment and saving it
+
+
+def run_experiment(ctx: Ctx, exp: Experiment) -> dict:
+    """Run `exp`, write OUT/NAME.json (settings, machine, date, raw values, analysis) and
+    OUT/NAME.png, print its tables; with --plan, count its jobs only."""
+    name, grid = exp.name, exp.grid["quick" if ctx.quick else "full"]
+    if ctx.plan is not None:
+        try:
+            exp.run(ctx, grid)
+        except Planned:
+            p = ctx.plan[-1]
+            print(f"{name:<14} {p['jobs']:>4} jobs {p['tasks']} over {p['base_models']} base model(s)")
+            return p
+    print(f"== {name} ({'quick' if ctx.quick else 'full'}, seeds {ctx.seeds}, workers {ctx.workers})", flush=True)
+    t0 = time.perf_counter()
+    result = exp.run(ctx, grid)
+    cfg = ctx.base_cfg()
+    opts = f"{' --quick' if ctx.quick else ''} --seeds {','.join(map(str, ctx.seeds))}" \
+           f"{' --fixed-data' if ctx.fixed_data else ''} --workers {ctx.workers}"
+    d = {"experiment": name, "quick": ctx.quick, "seeds": ctx.seeds, "fixed_data": ctx.fixed_data,
+         "workers": ctx.workers, "device": describe_device(ctx.device), "machine": machine(),
+         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+         "elapsed_s": time.perf_counter() - t0, "command": ctx.command,
+         "rerun": f"python -m experiments {name}{opts}",
+         "config": {s: to_dict(getattr(cfg, s)) for s in ("world", "tokenizer", "model", "pretrain",
+                                                          "collect", "align", "eval")}, **result}
+    d = exp.analysed(strict(d))  # the analysis sees what writeup will read back: strict JSON
+    write_json(os.path.join(ctx.out, f"{name}.json"), d)
+    exp.plot(d, os.path.join(ctx.out, f"{name}.png"))
+    print(exp.markdown(d), flush=True)
+    print(f"== {name}: {d['jobs']} jobs in {d['elapsed_s']:.1f}s → {ctx.out}/{name}.json, {name}.png\n", flush=True)
+    return d
+
+
+def describe_device(name: str) -> str:
+    d = runtime.pick_device(name)
+    if d.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(d)})"
+    return str(d)
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}

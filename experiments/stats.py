@@ -1,0 +1,108 @@
+"""The small statistics of the experiments: rows of a grid over seeds, paired differences, the
+best setting under a KL budget, Pareto fronts, selection on validation, gradient spread.
+
+Pure functions of plain values (no models, no files), each tested against a naive
+computation. Means and intervals over seeds come from `rpo_mini.evaluate.over_seeds`.
+"""
+
+import json
+import math
+
+import torch
+
+from rpo_mini.evaluate import MIN_FLUENCY, mean_ci, over_seeds
+
+KL_THRESHOLDS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, None)  # nats per response; None = no limit
+
+# How a setting's fields read in a label: "τ=0.3", "lr=0.0003", "prior=1".
+SYMBOLS = {"sft_lr": "lr", "lr": "lr", "beta": "β", "rpo_tau": "τ", "dro_tau": "τ", "prior_strength": "prior"}
+
+
+def number(x) -> float:
+    """A JSON value as a float: None (a NaN written as null) reads as NaN."""
+    return float("nan") if x is None else float(x)
+
+
+def setting_label(variant: str, setting: dict) -> str:
+    return " ".join(f"{SYMBOLS.get(k, k)}={v:g}" for k, v in setting.items()) or variant
+
+
+def make_rows(jobs: list, results: list) -> list:
+    """One row per (variant, setting, row fields): the per-seed results and their mean ± interval."""
+    rows = {}
+    for job, res in zip(jobs, results):
+        key = (job.variant, json.dumps(job.setting, sort_keys=True), json.dumps(job.params.get("row", {})))
+        row = rows.setdefault(key, {"variant": job.variant, "setting": job.setting, **job.params.get("row", {}),
+                                    "label": setting_label(job.variant, job.setting), "per_seed": []})
+        row["per_seed"].append({k: v for k, v in res.items() if k not in ("path", "values")})
+        row.setdefault("paths", []).append(res.get("path"))
+    for row in rows.values():
+        row["mean"], row["ci"] = over_seeds(row["per_seed"])
+        row["n_seeds"] = len(row["per_seed"])
+        row["n_diverged"] = sum(bool(r.get("diverged")) for r in row["per_seed"])
+    return list(rows.values())
+
+
+def best_under_kl(points: list, thresholds=KL_THRESHOLDS) -> list:
+    """points: (kl, value, label, ...) → for each threshold the point with the highest value
+    among those with kl ≤ threshold (None = no limit), or None when no point qualifies."""
+    out = []
+    for t in thresholds:
+        ok = [p for p in points if t is None or p[0] <= t]
+        out.append(max(ok, key=lambda p: p[1]) if ok else None)
+    return out
+
+
+def pareto_front(points: list) -> list:
+    """points: (kl, value) → for each, True when no other point has kl ≤ and value ≥ with one
+    of them strict (lower KL and higher value are both better)."""
+    return [not any(k2 <= k and v2 >= v and (k2 < k or v2 > v) for k2, v2 in points) for k, v in points]
+
+
+def paired_difference(a: list, b: list, key: str) -> tuple[float, float]:
+    """Mean and 95% interval of a[key] − b[key] over the seeds both have (paired by seed)."""
+    ok = lambda r: isinstance(r.get(key), (int, float)) and not r.get("diverged")  # noqa: E731
+    bs = {r["seed"]: r[key] for r in b if ok(r)}
+    return mean_ci([r[key] - bs[r["seed"]] for r in a if ok(r) and r["seed"] in bs])
+
+
+def select_on_validation(rows: list) -> dict:
+    """Per variant, the setting with the highest mean *validation* gold reward among those whose
+    validation samples stay ≥ MIN_FLUENCY fluent (the sweep's rule; the test prompts stay
+    untouched); when none is fluent, the best gold all the same."""
+    chosen = {}
+    for row in rows:
+        m = row["mean"]
+        if not math.isfinite(number(m.get("val_gold"))):
+            continue
+        best = chosen.get(row["variant"])
+        rank = (number(m.get("val_fluency")) >= MIN_FLUENCY, m["val_gold"])
+        if best is None or rank > best[0]:
+            chosen[row["variant"]] = (rank, row)
+    return {v: r for v, (_, r) in chosen.items()}
+
+
+class GradientSpread:
+    """Running spread of vectors g_1..g_M (Welford, float64, O(P) memory):
+
+        trace_cov       = Σ_m ||g_m − ḡ||² / (M − 1)   (trace of the sample covariance)
+        mean_grad_sq    = ||ḡ||²                       (the signal)
+        noise_to_signal = trace_cov / ||ḡ||²"""
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0, None, 0.0
+
+    def add(self, g: torch.Tensor) -> None:
+        g = g.detach().double()
+        self.n += 1
+        if self.mean is None:
+            self.mean = torch.zeros_like(g)
+        delta = g - self.mean
+        self.mean += delta / self.n
+        self.m2 += float(delta @ (g - self.mean))
+
+    def stats(self) -> dict:
+        trace = self.m2 / (self.n - 1) if self.n > 1 else float("nan")
+        signal = float(self.mean @ self.mean)
+        return {"n": self.n, "trace_cov": trace, "mean_grad_sq": signal,
+                "noise_to_signal": trace / signal if signal > 0 else float("nan")}
