@@ -3,6 +3,8 @@
 import math
 from types import SimpleNamespace
 
+import pytest
+
 from rpo_mini.evaluate import distinct_n, mean_ci, summarize
 
 
@@ -38,3 +40,51 @@ def test_summarize_averages_per_prompt_and_counts_ties_as_half_wins():
     assert m["win_rate"] == (0.5 + 1.0 + 0.0 + 1.0) / 4  # tie, win, loss, win
     assert m["toxicity_rate"] == 0.25 and m["fluency"] == 0.75
     assert m["length"] == (2 + 2 + 1 + 1) / 4
+
+
+def test_the_kl_estimate_is_the_policy_minus_reference_log_prob_of_the_policy_samples(tiny):
+    """log_ratio per sample = log π(y|x) − log π_ref(y|x) on the policy's own samples, each
+    recomputed here from the two models; its mean (the KL estimate) is positive for a policy
+    that differs from π_ref, and exactly 0 for π_ref against itself."""
+    import copy
+
+    import torch
+
+    from rpo_mini.evaluate import sample_and_score
+
+    st, base, _ = tiny
+    policy = copy.deepcopy(base)
+    with torch.no_grad():
+        policy.lm_head.weight.add_(0.3 * torch.randn(policy.lm_head.weight.shape, generator=torch.Generator().manual_seed(0)))
+    prompts = st.world.test_prompts[:6]
+    s = sample_and_score(policy, base, st.enc, st.world, prompts, 4, 12, seed=5)
+    eot = st.enc.eot_token
+    for p, text, lr in zip(s["prompts"], s["texts"], s["log_ratio"]):
+        x = st.enc.encode_ordinary(p)
+        y = st.enc.encode_ordinary(text)
+        y = y + [eot] if len(y) < 12 else y  # a response cut at 12 tokens has no end-of-text
+        logp = lambda m: sum(torch.log_softmax(m(torch.tensor([x + y]))[0].double(), -1)[len(x) - 1 + t, tok].item()  # noqa: E731
+                             for t, tok in enumerate(y))
+        with torch.no_grad():
+            assert lr == pytest.approx(logp(policy) - logp(base), abs=2e-3)
+    m = summarize(s, st.world, st.world.default_reward)
+    assert m["kl"] > 0.1
+    same = summarize(sample_and_score(base, base, st.enc, st.world, prompts, 4, 12, seed=5), st.world,
+                     st.world.default_reward)
+    assert same["kl"] == pytest.approx(0.0, abs=1e-5)
+    assert all(sc == st.world.score(p, t) for p, t, sc in zip(s["prompts"], s["texts"], s["scores"]))
+    assert s["fluent"] == [bool(t) and st.world.is_fluent(p, t) for p, t in zip(s["prompts"], s["texts"])]
+
+
+def test_over_seeds_by_hand():
+    from rpo_mini.evaluate import over_seeds
+
+    runs = [{"seed": 0, "a": 1.0, "a_ci": 0.3, "b": 2.0, "ok": True},
+            {"seed": 1, "a": 3.0, "a_ci": 0.1, "b": float("nan")},
+            {"seed": 2, "a": 100.0, "diverged": True}]
+    mean, ci = over_seeds(runs)
+    assert set(mean) == {"a", "b"}  # not the seed, the flags or the intervals
+    assert mean["a"] == 2.0 and ci["a"] == pytest.approx(12.706)  # t(0.975, 1) · sd √2 / √2
+    assert mean["b"] == 2.0 and math.isnan(ci["b"])  # NaN left out; one value and no interval of its own
+    mean, ci = over_seeds(runs[:1])
+    assert (mean["a"], ci["a"]) == (1.0, 0.3)  # one run keeps its own interval over prompts

@@ -129,3 +129,65 @@ def test_too_long_input_is_refused_with_a_clear_message():
         model(torch.zeros(1, 9, dtype=torch.long))
     with pytest.raises(ValueError, match="block_size"):
         model.generate([[1, 2, 3]], 6, EOT)
+
+
+@pytest.mark.parametrize("temperature, top_k", [(0.5, None), (2.0, None), (1.0, 4), (0.7, 3)])
+def test_sampled_logprobs_are_under_the_tempered_and_truncated_distribution(temperature, top_k):
+    """generate() samples from softmax(logits / T) restricted to the top k: the log-probs it
+    records are those of that distribution, recomputed here from an unpadded forward, and every
+    token it picks is one of the top k."""
+    model = tiny()
+    prompts = [[5, 6, 7], [8, 9]]
+    new, logps = model.generate(prompts, 8, EOT, temperature=temperature, top_k=top_k,
+                                generator=torch.Generator().manual_seed(3), return_logprobs=True)
+    for b, p in enumerate(prompts):
+        row = new[b].tolist()
+        n = row.index(EOT) + 1 if EOT in row else len(row)
+        seq = p + row[:n]
+        with torch.no_grad():
+            logits = model(torch.tensor([seq]))[0, len(p) - 1:-1].double() / temperature
+        if top_k is not None:
+            kth = logits.topk(top_k, -1).values[:, -1:]
+            assert all(logits[j, tok] >= kth[j, 0] for j, tok in enumerate(row[:n]))
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(row[:n])[:, None]).squeeze(1)
+        assert torch.allclose(logps[b, :n].double(), expected, atol=1e-4)
+
+
+def test_sampling_frequencies_follow_the_tempered_distribution():
+    model = tiny()
+    with torch.no_grad():
+        model.wte.weight.mul_(5)  # (tied with the head) sharper logits, so temperature matters
+        logits = model(torch.tensor([[1, 2, 3]]))[0, -1].double()
+    for t in (0.5, 1.0, 2.0):
+        first = model.generate([[1, 2, 3]] * 3000, 1, EOT, temperature=t, generator=torch.Generator().manual_seed(0))
+        freq = torch.bincount(first[:, 0], minlength=50).double() / 3000
+        want = torch.softmax(logits / t, -1)
+        assert (freq - want).abs().sum() / 2 < 0.06, t  # total variation: sampling noise only
+    assert (torch.softmax(logits / 0.5, -1) - torch.softmax(logits / 2.0, -1)).abs().sum() / 2 > 0.3
+
+
+def test_weight_tying_the_head_is_the_embedding_and_gradients_reach_it_through_the_head():
+    model = tiny().train()
+    assert model.lm_head.weight is model.wte.weight
+    h = torch.randn(1, 3, model.config.n_embd)  # features that do not come from the embedding
+    model.lm_head(h).sum().backward()
+    assert torch.allclose(model.wte.weight.grad, h.sum((0, 1)).expand_as(model.wte.weight))
+
+
+def test_value_network_reads_the_last_prompt_token_and_starts_at_zero():
+    from rpo_mini.model import ValueModel
+
+    torch.manual_seed(0)
+    value = ValueModel(tiny().config).eval()
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    padded = torch.tensor([[5, 6, 7, 8], [9, 10, EOT, EOT]])
+    last = torch.tensor([3, 1])
+    with torch.no_grad():
+        assert value(padded, last).tolist() == [0.0, 0.0]
+        value.head.weight.normal_()
+        value.head.bias.fill_(0.5)
+        got = value(padded, last)
+        for b, p in enumerate(prompts):  # each prompt alone, unpadded
+            h = value.trunk.hidden_states(torch.tensor([p]))[0, -1]
+            assert got[b].item() == pytest.approx((value.head.weight[0] @ h).item() + 0.5, abs=1e-5)

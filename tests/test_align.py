@@ -1,0 +1,256 @@
+"""What each objective trains on, checked number by number.
+
+Every expected value is recomputed here from the dataset's records and the models themselves:
+log-probs by a naive per-token loop over an unpadded forward pass, rewards z-scored with the
+statistics module, partitions and reference points by plain Python sums. The prepared
+alignment (`align.Alignment`) must agree on a minibatch, for every objective and option.
+"""
+
+import dataclasses
+import math
+import statistics
+
+import pytest
+import torch
+
+from rpo_mini.align import OBJECTIVES, Alignment
+
+IDX = torch.tensor([0, 1, 5, 9, 13, 14, 30])  # several prompts, several samples of some
+
+
+def naive_logp(model, prompt, response, mean=False):
+    """Σ_t log π(y_t | x, y_<t), one unpadded sequence at a time, log-softmax in float64."""
+    seq = torch.tensor([prompt + response])
+    with torch.no_grad():
+        lp = torch.log_softmax(model(seq)[0].double(), -1)
+    vals = [lp[len(prompt) - 1 + t, tok].item() for t, tok in enumerate(response)]
+    return sum(vals) / (len(vals) if mean else 1)
+
+
+def zscored(data):
+    r = [float(rec["reward"]) for rec in data.records]
+    mean, std = statistics.fmean(r), statistics.stdev(r)
+    return [(x - mean) / std for x in r]
+
+
+def groups(data):
+    out = {}
+    for i, rec in enumerate(data.records):
+        out.setdefault(rec["prompt_id"], []).append(i)
+    return [out[data.records[i]["prompt_id"]] for i in range(len(data.records))]
+
+
+def perturbed(a: Alignment, seed=0, scale=0.02):
+    """Move the policy (and value network) away from π_ref, so that every log-ratio is non-zero."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in a.policy.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+        if a.value is not None:
+            a.value.head.weight.copy_(0.5 * torch.randn(a.value.head.weight.shape, generator=g))
+            a.value.head.bias.fill_(0.3)
+    return a
+
+
+def make(tiny, objective, tau=0.5, **changes):
+    st, base, data = tiny
+    cfg = dataclasses.replace(st.cfg.align, **changes)
+    return perturbed(Alignment(objective, base, data, cfg, lr=1e-3, tau=tau, seed=0, eot=st.enc.eot_token))
+
+
+def rhos(a, idx, mean=False):
+    d = a.data
+    return [naive_logp(a.policy, d.prompt_tokens[i], d.response_tokens[i], mean)
+            - naive_logp(a.ref, d.prompt_tokens[i], d.response_tokens[i], mean) for i in idx.tolist()]
+
+
+@pytest.mark.parametrize("length_normalize", [False, True])
+def test_rpo_loss_is_half_the_mean_squared_gap_to_the_shifted_reward(tiny, length_normalize):
+    tau = 0.5
+    a = make(tiny, "rpo", tau, length_normalize=length_normalize)
+    rz, grp = zscored(a.data), groups(a.data)
+    loss, _ = a.loss(IDX)
+    expected = []
+    for i, rho in zip(IDX.tolist(), rhos(a, IDX, length_normalize)):
+        log_z = math.log(statistics.fmean(math.exp(rz[j] / tau) for j in grp[i]))
+        expected.append(0.5 * (rho - (rz[i] / tau - log_z)) ** 2)
+    assert loss.item() == pytest.approx(statistics.fmean(expected), rel=1e-4)
+
+
+def test_rpo_without_zscoring_trains_on_the_raw_rewards(tiny):
+    tau = 2.0
+    a = make(tiny, "rpo", tau, rewards_zscore=False)
+    raw, grp = [float(rec["reward"]) for rec in a.data.records], groups(a.data)
+    assert a.fixed["rewards"].tolist() == pytest.approx(raw, rel=1e-6)
+    log_z = [math.log(statistics.fmean(math.exp(raw[j] / tau) for j in grp[i])) for i in range(len(raw))]
+    assert a.fixed["log_z"].tolist() == pytest.approx(log_z, rel=1e-5, abs=1e-5)
+
+
+def test_rpo_ref_estimator_weights_each_response_by_its_reference_probability(tiny):
+    tau = 1.0
+    a = make(tiny, "rpo", tau, estimator="ref")
+    rz, grp, d = zscored(a.data), groups(a.data), a.data
+    ref = [naive_logp(a.ref, d.prompt_tokens[j], d.response_tokens[j]) for j in range(len(d))]
+    for i in IDX.tolist():
+        want = math.log(sum(math.exp(ref[j] + rz[j] / tau) for j in grp[i]))
+        assert a.fixed["log_z"][i].item() == pytest.approx(want, abs=1e-3)
+
+
+def test_rpo_uniform_estimator_trains_on_mid_rank_quantiles_with_the_closed_form_partition(tiny):
+    tau = 0.3
+    a = make(tiny, "rpo", tau, estimator="uniform")
+    raw, grp = [float(rec["reward"]) for rec in a.data.records], groups(a.data)
+    for i in range(len(raw)):
+        others = [raw[j] for j in grp[i]]
+        below, ties = sum(r < raw[i] for r in others), sum(r == raw[i] for r in others) - 1
+        assert a.fixed["rewards"][i].item() == pytest.approx((below + 0.5 * ties) / (len(others) - 1))
+    assert a.fixed["log_z"].tolist() == pytest.approx([math.log(tau * (math.exp(1 / tau) - 1))] * len(raw), rel=1e-6)
+
+
+def test_dro_loss_regresses_the_log_ratio_onto_reward_minus_the_value_network(tiny):
+    tau = 0.5
+    a = make(tiny, "dro", tau)
+    rz, d = zscored(a.data), a.data
+    loss, _ = a.loss(IDX)
+    expected = []
+    for i, rho in zip(IDX.tolist(), rhos(a, IDX)):
+        with torch.no_grad():  # V(x) read at the last token of the prompt alone
+            h = a.value.trunk.hidden_states(torch.tensor([d.prompt_tokens[i]]))[0, -1]
+            v = (a.value.head.weight[0] @ h + a.value.head.bias[0]).item()
+        expected.append(0.5 * (rho - (rz[i] - v) / tau) ** 2)
+    assert abs(v) > 0.1  # the value network really contributes
+    assert loss.item() == pytest.approx(statistics.fmean(expected), rel=1e-4)
+    loss.backward()  # and both the policy and the value network get a gradient
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (a.policy.wte.weight, a.value.head.weight))
+
+
+@pytest.mark.parametrize("variant, threshold", [("halos", "global"), ("paper", "global"), ("halos", "prompt")])
+def test_kto_loss_from_labels_and_reference_point_worked_out_by_hand(tiny, variant, threshold):
+    beta = 0.3
+    a = make(tiny, "kto", None, kto_variant=variant, kto_threshold=threshold, beta=beta)
+    d, idx = a.data, IDX.tolist()
+    raw, grp = [float(rec["reward"]) for rec in d.records], groups(d)
+    mean = statistics.fmean(raw)
+    desirable = [raw[i] >= (statistics.fmean(raw[j] for j in grp[i]) if threshold == "prompt" else mean) - 1e-9
+                 for i in idx]
+    rho = rhos(a, IDX)
+    if variant == "paper":  # the matched batch, not clamped
+        z0 = statistics.fmean(rho)
+    else:  # prompt i with the next sample's response, clamped at 0
+        nxt = idx[1:] + idx[:1]
+        z0 = max(0.0, statistics.fmean(
+            naive_logp(a.policy, d.prompt_tokens[i], d.response_tokens[j])
+            - naive_logp(a.ref, d.prompt_tokens[i], d.response_tokens[j]) for i, j in zip(idx, nxt)))
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    expected = statistics.fmean(1 - sig(beta * (r - z0)) if good else 1 - sig(beta * (z0 - r))
+                                for r, good in zip(rho, desirable))
+    from rpo_mini import align as align_module
+
+    seen, real = {}, align_module.losses.kto_loss
+
+    def spy(*args, **kw):  # what the loss is handed as the reference point's log-probs
+        seen["kl"] = (args[3].detach() - args[4]).tolist()
+        return real(*args, **kw)
+
+    align_module.losses.kto_loss = spy
+    try:
+        loss, metrics = a.loss(IDX)
+    finally:
+        align_module.losses.kto_loss = real
+    if variant == "halos":  # the pairs themselves, before the mean and the clamp
+        assert seen["kl"] == pytest.approx([naive_logp(a.policy, d.prompt_tokens[i], d.response_tokens[j])
+                                            - naive_logp(a.ref, d.prompt_tokens[i], d.response_tokens[j])
+                                            for i, j in zip(idx, nxt)], abs=2e-3)
+    assert metrics["z0"] == pytest.approx(z0, abs=1e-4)
+    assert loss.item() == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["best", "all", "above_mean"])
+def test_sft_trains_on_the_selected_responses_only(tiny, mode):
+    a = make(tiny, "sft", None, sft_mode=mode)
+    raw, grp = [float(rec["reward"]) for rec in a.data.records], groups(a.data)
+    if mode == "best":  # the first of each prompt's highest rewards
+        want = [i for i in range(len(raw)) if i == min(j for j in grp[i] if raw[j] == max(raw[k] for k in grp[i]))]
+    elif mode == "all":
+        want = list(range(len(raw)))
+    else:
+        want = [i for i in range(len(raw)) if raw[i] > statistics.fmean(raw[j] for j in grp[i]) + 1e-9]
+    assert a.fixed["index"].tolist() == want
+    for step in range(4):  # every batch the loop draws comes from the selection
+        assert set(a.batch(step).tolist()) <= set(want)
+
+
+@pytest.mark.parametrize("length_normalize", [False, True])
+def test_sft_loss_is_the_per_token_negative_log_likelihood(tiny, length_normalize):
+    a = make(tiny, "sft", None, length_normalize=length_normalize)
+    d, idx = a.data, IDX.tolist()
+    loss, _ = a.loss(IDX)
+    if length_normalize:
+        expected = -statistics.fmean(naive_logp(a.policy, d.prompt_tokens[i], d.response_tokens[i], True) for i in idx)
+    else:
+        expected = -sum(naive_logp(a.policy, d.prompt_tokens[i], d.response_tokens[i]) for i in idx) \
+            / sum(len(d.response_tokens[i]) for i in idx)
+    assert loss.item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_the_loop_follows_the_schedule_and_clips_what_the_optimizer_sees(tiny):
+    """lr from warm-up and cosine worked out by hand; the optimizer steps on gradients whose joint
+    norm is the clip, while the history records the norm before clipping."""
+    st, base, data = tiny
+    cfg = dataclasses.replace(st.cfg.align, steps=6, warmup=2, grad_clip=1e-3)
+    a = Alignment("rpo", base, data, cfg, lr=0.01, tau=1.0, seed=0, eot=st.enc.eot_token)
+    seen = []
+
+    class Recording(torch.optim.SGD):
+        def step(self, closure=None):
+            seen.append(math.sqrt(sum(float((p.grad ** 2).sum()) for g in self.param_groups
+                                      for p in g["params"] if p.grad is not None)))
+            return super().step(closure)
+
+    a.loop.optimizer = Recording(a.policy.parameters(), lr=0.01)
+    history = a.train(log=lambda *x: None)
+    peak, cos = 0.01, lambda p: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p))
+    want_lr = [peak * 0.5, peak, peak * cos(0), peak * cos(0.25), peak * cos(0.5), peak * cos(0.75)]
+    assert [h["lr"] for h in history["train"]] == pytest.approx(want_lr)
+    assert seen == pytest.approx([1e-3] * 6, rel=1e-4)
+    assert all(h["grad_norm"] > 1e-2 for h in history["train"])  # the clip really bit
+
+
+def test_the_history_records_the_policy_s_and_the_value_network_s_own_gradient_norms(tiny):
+    """DRO trains two networks; `grad_norm` is the policy's alone (so that it compares with the
+    other objectives'), `value_grad_norm` the value network's: both before clipping."""
+    st, base, data = tiny
+    cfg = dataclasses.replace(st.cfg.align, steps=1)
+    a = Alignment("dro", base, data, cfg, lr=1e-3, tau=0.5, seed=0, eot=st.enc.eot_token)
+    b = Alignment("dro", base, data, cfg, lr=1e-3, tau=0.5, seed=0, eot=st.enc.eot_token)
+    b.loss(b.batch(0))[0].backward()
+    norm = lambda m: math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in m.parameters() if p.grad is not None))  # noqa: E731
+    h = a.train(log=lambda *x: None)["train"][0]
+    assert h["grad_norm"] == pytest.approx(norm(b.policy), rel=1e-4)
+    assert h["value_grad_norm"] == pytest.approx(norm(b.value), rel=1e-4)
+    assert abs(norm(b.policy) - norm(b.value)) > 1e-3 * norm(b.policy)  # the two are told apart
+
+
+def test_every_objective_in_the_registry_trains_and_the_loop_gets_the_configured_settings(tiny):
+    st, base, data = tiny
+    cfg = dataclasses.replace(st.cfg.align, steps=3, warmup=1, grad_clip=0.5, checkpoint_every=7)
+    for name, obj in OBJECTIVES.items():
+        a = Alignment(name, base, data, cfg, lr=3e-4, tau=1.0 if obj.uses_tau else None, seed=0,
+                      eot=st.enc.eot_token)
+        assert (a.value is not None) == obj.value_network
+        history = a.train(log=lambda *x: None)
+        assert [h["step"] for h in history["train"]] == [1, 2, 3]
+        assert (a.loop.steps, a.loop.warmup, a.loop.grad_clip, a.loop.save_every) == (3, 1, 0.5, 7)
+
+
+def test_loop_run_in_pieces_equals_one_run(tiny):
+    st, base, data = tiny
+    cfg = dataclasses.replace(st.cfg.align, steps=4)
+    one = Alignment("dro", base, data, cfg, lr=1e-3, tau=1.0, seed=0, eot=st.enc.eot_token)
+    one.train(log=lambda *x: None)
+    two = Alignment("dro", base, data, cfg, lr=1e-3, tau=1.0, seed=0, eot=st.enc.eot_token)
+    for until in (0, 1, 3, None):
+        two.train(log=lambda *x: None, until=until)
+    for p, q in zip(list(one.policy.parameters()) + list(one.value.parameters()),
+                    list(two.policy.parameters()) + list(two.value.parameters())):
+        assert torch.equal(p, q)
