@@ -9,7 +9,7 @@ the loop is the straightforward alternative done fairly (one pass to collect eac
 indices, then a logsumexp per prompt), not a quadratic strawman. Prompt ids are shuffled, as
 they could be in any dataset. Both are checked to agree; the loop is skipped above --loop-max.
 
-Target (issue 7): vectorised at least 50x faster than the loop at 1e5 samples, linear in N
+Target: vectorised at least 50x faster than the loop at 1e5 samples, linear in N
 (the time per sample roughly flat as N grows).
 """
 

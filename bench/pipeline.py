@@ -10,7 +10,7 @@ torch start-up included); the stages come from the run's metrics.json ("timings"
 policy's alignment "seconds"); `other` is the rest of the in-process total (building the
 world, loading data, the report and its plots). One run each: the default run takes minutes.
 
-Targets (issue 7): default <= 5 minutes and --quick <= 60 seconds on a 2-core CPU; the
+Targets: default <= 5 minutes and --quick <= 60 seconds on a 2-core CPU; the
 default run <= 60 seconds on an H100-class GPU.
 """
 

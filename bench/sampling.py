@@ -11,7 +11,7 @@ is fine for timing. generate() stops once every row has produced end-of-text; a 
 almost never does, and every call is checked to have produced the full length, so both paths
 do the same amount of work.
 
-Target (issue 7): the cache at least 5x faster than recompute at 64 new tokens on the CPU,
+Target: the cache at least 5x faster than recompute at 64 new tokens on the CPU,
 and the gap growing with length.
 """
 

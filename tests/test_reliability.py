@@ -158,7 +158,9 @@ def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path, monkeypatc
     checkpoint.save({"x": torch.ones(3)}, path)
 
     def boom(obj, f, *a, **k):
-        f.write(b"partial")  # whatever the file handed to torch.save is, half of it gets written
+        fh = open(f, "wb") if isinstance(f, str) else f  # a path or a file: half of it gets written
+        fh.write(b"partial")
+        fh.flush()
         raise KeyboardInterrupt  # killed mid-write
 
     monkeypatch.setattr(torch, "save", boom)
