@@ -171,8 +171,8 @@ class Alignment:
         self.optimizer = training.make_optimizer(params, lr)
         self.forward = {name: wrap(m) for name, m in self.modules.items()}
         self.loop = training.Loop(objective, self.modules, self.optimizer, cfg.steps, lr, cfg.warmup,
-                                  cfg.grad_clip, save_every=cfg.checkpoint_every, dist=dist)
-        self.loop.history = {"train": [], "probe": []}
+                                  cfg.grad_clip, history={"train": [], "probe": []},
+                                  save_every=cfg.checkpoint_every, dist=dist)
 
     @property
     def history(self) -> dict:

@@ -36,9 +36,8 @@ def pretrain(model: GPT, docs: list, eot: int, cfg, seed: int, device, autocast,
     train_model = train_model or model
     opt = training.make_optimizer(model.parameters(), cfg.pretrain_lr, weight_decay=0.1)
     loop = training.Loop("pretraining", {"model": model}, opt, cfg.pretrain_steps, cfg.pretrain_lr,
-                         warmup=max(1, cfg.pretrain_steps // 20), grad_clip=1.0, state_path=state_path,
-                         save_every=100, dist=dist)
-    loop.history = []
+                         warmup=max(1, cfg.pretrain_steps // 20), grad_clip=1.0, history=[],
+                         state_path=state_path, save_every=100, dist=dist)
     if resume and loop.resume():
         log(f"pretraining: resumed at step {loop.step}")
     model.train()

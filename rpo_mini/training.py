@@ -131,13 +131,14 @@ class Loop:
     steps and on Ctrl-C (then raising `Interrupted`, never half-applying a step)."""
 
     def __init__(self, name: str, modules: dict, optimizer, steps: int, peak_lr: float, warmup: int,
-                 grad_clip: float, state_path: str | None = None, save_every: int = 0, dist: Dist = Dist()):
+                 grad_clip: float, history=None, state_path: str | None = None, save_every: int = 0,
+                 dist: Dist = Dist()):
         self.name, self.modules, self.optimizer = name, modules, optimizer
         self.steps, self.peak_lr, self.warmup, self.grad_clip = steps, peak_lr, warmup, grad_clip
         self.state_path, self.save_every, self.dist = state_path, save_every, dist
         self.params = [p for m in modules.values() for p in m.parameters()]
         self.step = 0
-        self.history = None
+        self.history = history  # whatever the caller records in after_step; saved with the state
 
     def resume(self) -> bool:
         """Continue from the state file, if there is one; True when it did."""
