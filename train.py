@@ -20,7 +20,7 @@ def run(cfg: Config, log=None) -> dict:
     """Every stage, then the comparison; returns what is written to metrics.json."""
     from tqdm import tqdm  # the heavy imports wait until the flags are parsed (--help stays instant)
 
-    from rpo_mini import report, stages
+    from rpo_mini import exact, report, stages
     from rpo_mini.data import read_jsonl
     from rpo_mini.evaluate import summarize
     from rpo_mini.worlds import make_world
@@ -34,12 +34,15 @@ def run(cfg: Config, log=None) -> dict:
     if reward not in world.rewards():
         raise UserError(f"--reward {reward!r} is not a reward of the {world.name} world; "
                         f"choose from {', '.join(world.rewards())}")
+    if cfg.align.estimator == "exact" and world.responses() is None:
+        raise UserError(f"--estimator exact needs an exact world (--world arithmetic): the {world.name} "
+                        f"world's responses cannot be enumerated")
 
     # 2. A byte-level BPE trained on the corpus, wrapped in a tiktoken.Encoding.
     tok = stages.tokenizer(ctx, world, cfg.tokenizer)
     model_cfg = stages.model_config(world, tok.value, cfg.model, cfg.collect.max_new_tokens)
     if cfg.collect.dataset:  # a user's dataset is checked before minutes of pretraining, not after
-        read_jsonl(cfg.collect.dataset, model_cfg.block_size)
+        read_jsonl(cfg.collect.dataset, model_cfg.block_size, model_cfg.response_grammar)
 
     # 3. The base model: next-token pretraining on the corpus. It is π_ref for everything below.
     base = stages.base_model(ctx, world, tok, model_cfg, cfg.pretrain, cfg.run.seed)
@@ -54,7 +57,19 @@ def run(cfg: Config, log=None) -> dict:
         sweep = stages.sweep(ctx, world, tok, base, data, cfg, objectives(cfg))
         align_cfg = stages.with_sweep(cfg.align, sweep["chosen"])
 
-    # 6. For each seed, align a fresh copy of the base with every objective, then sample every
+    # 6. In an exact world, the ground truth: π_ref's probability and the reward of every possible
+    #    response to every test prompt, so each policy's reward, KL and distance to the optimum π*
+    #    are sums (rpo_mini/exact.py). RPO's "exact" estimator reads log Z(x) of the training prompts.
+    tau, exact_tau = stages.comparison_tau(data, align_cfg)
+    test_prompts = world.test_prompts[:cfg.eval.eval_prompts or None]
+    oracle = stages.oracle(ctx, world, tok, base, test_prompts, reward, exact_tau) if ctx.dist.is_main else None
+    train_oracle = None
+    if align_cfg.estimator == "exact":
+        train_oracle = stages.oracle(ctx, world, tok, base, sorted({r["prompt"] for r in data.value.records}), reward)
+    exact_of = (lambda m: oracle.measures(oracle.table(m, ctx.autocast))) if oracle else (lambda m: {})
+    ref_exact = exact_of(base.value) if ctx.dist.is_main else {}
+
+    # 7. For each seed, align a fresh copy of the base with every objective, then sample every
     #    policy (π_ref too) on the test prompts and score the samples. Under torchrun every
     #    process trains; evaluation and the report are rank 0's job.
     runs, histories = {}, {}
@@ -63,25 +78,29 @@ def run(cfg: Config, log=None) -> dict:
         if ctx.dist.is_main:
             ref_s = stages.evaluate(ctx, "reference", base, base.value, seed, world, tok, cfg.eval,
                                     cfg.collect.max_new_tokens)
-            runs.setdefault("reference", []).append(summarize(ref_s, world, reward, ref_s)
+            runs.setdefault("reference", []).append(summarize(ref_s, world, reward, ref_s) | ref_exact
                                                     | {"seconds": 0.0, "samples": examples(ref_s)})
         # A quick look at a few validation prompts during training (reward, KL): the training curves.
         probe = stages.validation_probe(ctx, world, tok, base.value, world.val_prompts[:32],
                                         cfg.collect.max_new_tokens, reward, seed)
         for obj in objectives(cfg):
-            policy, history = stages.policy(ctx, obj, seed, base, data, align_cfg, tok, world, probe)
+            policy, history = stages.policy(ctx, obj, seed, base, data, align_cfg, tok, world, probe,
+                                            train_oracle if obj == "rpo" else None)
             histories.setdefault(obj, []).append(history)
             if ctx.dist.is_main:
                 s = stages.evaluate(ctx, obj, policy, base.value, seed, world, tok, cfg.eval,
                                     cfg.collect.max_new_tokens)
-                runs.setdefault(obj, []).append(summarize(s, world, reward, ref_s)
+                runs.setdefault(obj, []).append(summarize(s, world, reward, ref_s) | exact_of(policy.value)
                                                 | {"seconds": history["seconds"], "checkpoint": policy.path,
                                                    "samples": examples(s)})
     if not ctx.dist.is_main:
         return {}
 
-    # 7. The report: mean ± interval per policy, metrics.json, report.md, plots, the table.
+    # 8. The report: mean ± interval per policy, metrics.json, report.md, plots, the table.
     metrics = report.aggregate(runs)
+    if oracle:
+        metrics["exact"] = {"tau": tau, "reward_tau": exact_tau, "prompts": len(test_prompts), "reward": reward,
+                            "optimal": oracle.measures(oracle.optimal()), "frontier": oracle.frontier(exact.FRONTIER_TAUS)}
     sections = dataclasses.asdict(cfg) | {"model": dataclasses.asdict(base.value.config), "align": to_dict(align_cfg)}
     metrics["config"] = {k: sections[k] for k in ("run", "world", "tokenizer", "model", "pretrain", "collect",
                                                   "align", "eval")}

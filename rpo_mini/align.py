@@ -45,17 +45,18 @@ class Objective:
     knob_values: tuple     # the sweep's values of that knob
     uses_tau: bool         # τ (the KL strength of the regression onto r/τ) applies to RPO and DRO only
     value_network: bool    # trains a value network V_φ(x) next to the policy
-    prepare: Callable      # (rewards, data, ref_logps, cfg, tau) -> dict of extra per-sample tensors
+    prepare: Callable      # (rewards, data, ref_logps, cfg, tau, exact_log_z) -> dict of extra per-sample tensors
     loss: Callable         # (alignment, batch) -> (loss, metrics)
 
 
 # --- each objective's fixed inputs and minibatch loss ----------------------------------------
 
-def _rpo_prepare(rewards, data, ref_logps, cfg, tau):
+def _rpo_prepare(rewards, data, ref_logps, cfg, tau, exact_log_z):
     if cfg.estimator == "uniform":  # QRPO: quantile rewards make Z exact
         rewards = losses.quantile_rewards(rewards, data.prompt_ids)
     # The partition: computed once, here, over the whole dataset, and never again.
-    log_z = losses.log_partition(rewards, data.prompt_ids, tau, cfg.estimator, ref_logps=ref_logps.double())
+    log_z = losses.log_partition(rewards, data.prompt_ids, tau, cfg.estimator, ref_logps=ref_logps.double(),
+                                 exact_log_z=exact_log_z)
     return {"rewards": rewards.float(), "log_z": log_z.float()}
 
 
@@ -71,7 +72,7 @@ def _dro_loss(a, b):
     return losses.dro_loss(b.logps, a.fixed["ref_logps"][b.idx], a.fixed["rewards"][b.idx], values, a.tau)
 
 
-def _kto_prepare(rewards, data, ref_logps, cfg, tau):
+def _kto_prepare(rewards, data, ref_logps, cfg, tau, exact_log_z):
     return {"desirable": losses.binarize_rewards(rewards, data.prompt_ids, cfg.kto_threshold)}
 
 
@@ -86,14 +87,16 @@ def _kto_loss(a, b):
         mm_tokens, mm_mask, _ = collate(b.prompts, [b.responses[j] for j in perm], a.eot)
         mm_tokens, mm_mask = mm_tokens.to(a.device), mm_mask.to(a.device)
         with torch.no_grad(), a.autocast():  # the mismatched pairs are not in the dataset: two extra forwards
-            kl_pol = losses.sequence_logprobs(a.policy(mm_tokens), mm_tokens, mm_mask, cfg.length_normalize)
-            kl_ref = losses.sequence_logprobs(a.ref(mm_tokens), mm_tokens, mm_mask, cfg.length_normalize)
+            kl_pol = losses.sequence_logprobs(a.policy(mm_tokens), mm_tokens, mm_mask, cfg.length_normalize,
+                                              a.policy.grammar)
+            kl_ref = losses.sequence_logprobs(a.ref(mm_tokens), mm_tokens, mm_mask, cfg.length_normalize,
+                                              a.ref.grammar)
         clamp = True
     return losses.kto_loss(b.logps, ref_logps, a.fixed["desirable"][b.idx], kl_pol, kl_ref,
                            beta=cfg.beta, clamp_z0=clamp)
 
 
-def _sft_prepare(rewards, data, ref_logps, cfg, tau):
+def _sft_prepare(rewards, data, ref_logps, cfg, tau, exact_log_z):
     return {"index": torch.nonzero(losses.sft_select(rewards, data.prompt_ids, cfg.sft_mode)).squeeze(1)}
 
 
@@ -102,7 +105,7 @@ def _sft_loss(a, b):
     return losses.sft_loss(b.logps, n_tok)
 
 
-def _nothing(rewards, data, ref_logps, cfg, tau):
+def _nothing(rewards, data, ref_logps, cfg, tau, exact_log_z):
     return {}
 
 
@@ -120,17 +123,21 @@ def get(objective: str) -> Objective:
     return OBJECTIVES[objective]
 
 
-def prepare(objective: str, data: Dataset, ref_logps: torch.Tensor, cfg, tau: float | None) -> dict:
+def prepare(objective: str, data: Dataset, ref_logps: torch.Tensor, cfg, tau: float | None, oracle=None) -> dict:
     """The per-sample tensors an objective trains on, fixed for the whole run (cfg: AlignConfig).
 
     Always: the (z-scored) rewards, log π_ref of every sample, and the indices of the samples
-    it trains on; plus the objective's own (`Objective.prepare`)."""
-    rewards = data.rewards.clone()
-    if cfg.rewards_zscore:
-        mean, std = reward_stats(rewards)
-        rewards = (rewards - mean) / std
+    it trains on; plus the objective's own (`Objective.prepare`). `oracle` (an exact world's
+    `exact.Oracle` over the dataset's prompts) supplies the enumerated log Z_τ(x), in the same
+    z-scored units, for RPO's "exact" estimator."""
+    shift, scale = reward_stats(data.rewards) if cfg.rewards_zscore else (0.0, 1.0)
+    rewards = (data.rewards - shift) / scale
+    exact_log_z = None
+    if oracle is not None and tau is not None:
+        prompts = [r["prompt"] for r in data.records]
+        exact_log_z = oracle.per_sample(oracle.log_z(tau, shift, scale), prompts)
     fixed = {"rewards": rewards.float(), "ref_logps": ref_logps.float(), "index": torch.arange(len(data))}
-    return fixed | get(objective).prepare(rewards, data, ref_logps, cfg, tau)
+    return fixed | get(objective).prepare(rewards, data, ref_logps, cfg, tau, exact_log_z)
 
 
 # --- the prepared alignment ------------------------------------------------------------------
@@ -145,7 +152,8 @@ class Alignment:
     share of every batch; only rank 0 writes state."""
 
     def __init__(self, objective: str, base: GPT, data: Dataset, cfg, lr: float, tau: float | None,
-                 seed: int, eot: int, autocast=contextlib.nullcontext, wrap=lambda m: m, dist: Dist = Dist()):
+                 seed: int, eot: int, autocast=contextlib.nullcontext, wrap=lambda m: m, dist: Dist = Dist(),
+                 oracle=None):
         self.objective, self.data, self.cfg, self.tau = get(objective), data, cfg, tau
         self.seed, self.eot, self.autocast, self.dist = seed, eot, autocast, dist
         self.device = next(base.parameters()).device
@@ -154,7 +162,7 @@ class Alignment:
         self.policy = copy.deepcopy(base).requires_grad_(True).train()
         ref_logps = response_logprobs(self.ref, data.prompt_tokens, data.response_tokens, eot,
                                       cfg.length_normalize, autocast=autocast)
-        fixed = prepare(objective, data, ref_logps, cfg, tau)
+        fixed = prepare(objective, data, ref_logps, cfg, tau, oracle)
         if "log_z" in fixed and dist.world_size > 1:  # one partition for all ranks: rank 0's, from the full dataset
             log_z = fixed["log_z"].to(self.device)
             torch.distributed.broadcast(log_z, src=0)
@@ -192,7 +200,7 @@ class Alignment:
         tokens, mask = tokens.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
         with self.autocast():
             logits = self.forward["policy"](tokens)
-        logps = losses.sequence_logprobs(logits, tokens, mask, self.cfg.length_normalize)
+        logps = losses.sequence_logprobs(logits, tokens, mask, self.cfg.length_normalize, self.policy.grammar)
         if not torch.isfinite(logps).all():  # let the loop stop with the step and objective named
             return logps.sum(), {}
         return self.objective.loss(self, Batch(idx.to(self.device), prompts, responses, mask, logps))
@@ -243,8 +251,8 @@ class Alignment:
 
 def align(objective: str, base: GPT, data: Dataset, cfg, lr: float, tau: float | None, seed: int, eot: int,
           autocast=contextlib.nullcontext, state_path: str | None = None, resume=False, probe=None, log=print,
-          wrap=lambda m: m, dist=Dist()):
+          wrap=lambda m: m, dist=Dist(), oracle=None):
     """Fine-tune a copy of `base` with one objective. Returns (policy, value_model or None, history)."""
-    a = Alignment(objective, base, data, cfg, lr, tau, seed, eot, autocast, wrap, dist)
+    a = Alignment(objective, base, data, cfg, lr, tau, seed, eot, autocast, wrap, dist, oracle)
     history = a.train(probe, state_path, resume, log)
     return a.policy, a.value, history

@@ -48,8 +48,9 @@ def write_jsonl(records: list[dict], path: str) -> None:
             f.write(json.dumps(r) + "\n")
 
 
-def read_jsonl(path: str, block_size: int | None = None) -> Dataset:
-    """Load and validate a dataset: every problem is reported with its line number."""
+def read_jsonl(path: str, block_size: int | None = None, grammar: tuple = ()) -> Dataset:
+    """Load and validate a dataset: every problem is reported with its line number. `grammar`:
+    the model's response grammar (`GPTConfig.response_grammar`), which every response must obey."""
     if not os.path.exists(path):
         raise DatasetError(f"dataset {path} does not exist")
     records = []
@@ -61,7 +62,7 @@ def read_jsonl(path: str, block_size: int | None = None) -> Dataset:
                 r = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DatasetError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            _check_record(r, f"{path}:{n}", block_size)
+            _check_record(r, f"{path}:{n}", block_size, grammar)
             records.append(r)
     if not records:
         raise DatasetError(f"dataset {path} is empty")
@@ -73,7 +74,7 @@ def read_jsonl(path: str, block_size: int | None = None) -> Dataset:
         records=records)
 
 
-def _check_record(r: dict, where: str, block_size: int | None) -> None:
+def _check_record(r: dict, where: str, block_size: int | None, grammar: tuple = ()) -> None:
     missing = [k for k in FIELDS if k not in r]
     if missing:
         raise DatasetError(f"{where}: missing field(s) {', '.join(missing)}")
@@ -83,6 +84,10 @@ def _check_record(r: dict, where: str, block_size: int | None) -> None:
         raise DatasetError(f"{where}: empty response (no tokens, not even end-of-text)")
     if not r["prompt_tokens"]:
         raise DatasetError(f"{where}: empty prompt")
+    for j, token in enumerate(r["response_tokens"] if grammar else ()):
+        if token not in grammar[min(j, len(grammar) - 1)]:
+            raise DatasetError(f"{where}: response token {j} (id {token}) is not one the world's response grammar "
+                               f"allows there, so the model gives this response probability 0")
     length = len(r["prompt_tokens"]) + len(r["response_tokens"])
     if block_size is not None and length > block_size:
         raise DatasetError(f"{where}: prompt + response is {length} tokens, longer than the model's "

@@ -22,7 +22,8 @@ reward. The objectives differ in what they do about the unknown shift V*(x):
 - SFT: imitate the good responses (negative log-likelihood).
 
 `log_partition(..., estimator="uniform")` is exact for rewards replaced by their within-prompt
-quantile (`quantile_rewards`), the idea of QRPO (Matrenok et al., arXiv 2507.08068).
+quantile (`quantile_rewards`), the idea of QRPO (Matrenok et al., arXiv 2507.08068); "exact" is
+the enumerated log Z(x) of an exact world, where every response can be summed over.
 
 Every loss returns `(loss, metrics)`: a scalar tensor and a dict of plain Python floats.
 Shapes: B (or N) is the number of (prompt, response, reward) samples, T the sequence
@@ -35,7 +36,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-ESTIMATORS = ("mean", "ref", "uniform")
+ESTIMATORS = ("mean", "loo", "ref", "uniform", "exact")
 BINARIZE_THRESHOLDS = ("global", "prompt")
 SFT_MODES = ("best", "all", "above_mean")
 
@@ -118,13 +119,15 @@ def _means(**tensors):
 # log-probabilities of responses
 # ---------------------------------------------------------------------------------------
 
-def sequence_logprobs(logits, tokens, response_mask, length_normalize=False):
+def sequence_logprobs(logits, tokens, response_mask, length_normalize=False, grammar=None):
     """log pi(y|x): the summed (or mean) log-probability of each sequence's response tokens.
 
     logits (B, T, V) from the model run on tokens (B, T); response_mask (B, T) is 1 on the
     response tokens of `tokens` (end-of-text included), 0 on prompt and padding.
     Returns (B,) float32:  sum_{t >= 1} mask[t] * log softmax(logits[t-1])[tokens[t]]
     (divided by sum_t mask[t] when length_normalize; position 0 is never predicted).
+    grammar (L, V) bool, optional (`GPT.grammar`): the j-th response token is scored under the
+    softmax over grammar[min(j, L - 1)] only — the distribution `GPT.generate` samples from.
     Why: every objective here is written in terms of log pi(y|x) of the whole response.
     """
     if logits.dim() != 3 or tokens.shape != logits.shape[:2] or response_mask.shape != tokens.shape:
@@ -135,7 +138,11 @@ def sequence_logprobs(logits, tokens, response_mask, length_normalize=False):
     # Masked labels become 0 so that any padding id (even -1) is a valid gather index.
     labels = tokens[:, 1:].long().masked_fill(~mask, 0)
     # float32 log-softmax: bf16 log-probs summed over a response lose several digits.
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    logits = logits[:, :-1].float()
+    if grammar is not None:
+        j = (mask.long().cumsum(1) - 1).clamp(0, len(grammar) - 1)   # index of each target in its response
+        logits = logits.masked_fill(~(grammar[j] | ~mask.unsqueeze(-1)), float("-inf"))
+    logp = F.log_softmax(logits, dim=-1)
     token_logp = torch.gather(logp, -1, labels.unsqueeze(-1)).squeeze(-1)
     # where(), not multiply: a -inf logit at a prompt position must not leak in as 0 * -inf.
     total = torch.where(mask, token_logp, torch.zeros_like(token_logp)).sum(-1)
@@ -148,40 +155,80 @@ def sequence_logprobs(logits, tokens, response_mask, length_normalize=False):
 # RPO's partition estimate (computed once, before training)
 # ---------------------------------------------------------------------------------------
 
-def log_partition(rewards, prompt_ids, tau, estimator="mean", ref_logps=None):
+def log_partition(rewards, prompt_ids, tau, estimator="mean", ref_logps=None, exact_log_z=None):
     """log Z_hat(x_i) for every sample i, from the group I_x of samples sharing its prompt.
 
-    rewards (N,), prompt_ids (N,) integer, ref_logps (N,) for "ref". Returns (N,) float.
-      "mean":    log Z_hat = logsumexp_{j in I_x}(r_j / tau) - log |I_x|    (Monte Carlo, y ~ pi_ref)
+    rewards (N,), prompt_ids (N,) integer, ref_logps (N,) for "ref", exact_log_z (N,) for "exact".
+    Returns (N,) float. With K = |I_x| and y_j ~ pi_ref:
+      "mean":    log Z_hat = logsumexp_{j in I_x}(r_j / tau) - log K       (Monte Carlo, self-inclusive)
+      "loo":     log Z_hat_i = logsumexp_{j in I_x, j != i}(r_j / tau) - log(K - 1)   (leave-one-out)
       "ref":     log Z_hat = logsumexp_{j in I_x}(ref_logps_j + r_j / tau)  (the authors' code)
-      "uniform": log Z     = log(tau * (exp(1/tau) - 1))                    (rewards in [0, 1] are
-                 within-prompt quantiles, hence Uniform(0, 1) under pi_ref: exact, nothing to estimate)
+      "uniform": log Z = log mean_{i=0..K-1} exp(i / ((K - 1) tau))          (rewards are mid-rank
+                 quantiles, see quantile_rewards: K tie-free samples take exactly the values
+                 0, 1/(K-1), ..., 1, so this is exact, not estimated; K = 1 gives 0.5 / tau)
+      "exact":   exact_log_z, the enumerated log Z(x) of an exact world (`rpo_mini.exact`)
     Why: tau * log Z(x) = V*(x) is the shift that makes pi* normalise; RPO fixes it up front.
+
+    "mean" includes each sample in its own estimate: its target r_i/tau - log Z_hat is at most
+    log K (equality when r_i dominates), and a lone sample's target is exactly 0. "loo" has
+    neither pathology (its target is unbounded, and it refuses groups of one, which have no
+    other samples). The continuous-quantile closed form log(tau (e^{1/tau} - 1)) is what
+    "uniform" tends to as K grows; at K = 8, tau = 0.3 it is 0.11 nats too low (0.50 at tau = 0.1).
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; valid: {', '.join(ESTIMATORS)}")
     if estimator == "ref" and ref_logps is None:
         raise ValueError('estimator="ref" needs ref_logps (the reference log-probs of each response)')
+    if estimator == "exact" and exact_log_z is None:
+        raise ValueError('estimator="exact" needs the enumerated log Z(x) of every prompt, which only an '
+                         'exact world has (--world arithmetic)')
     extra = {"ref_logps": ref_logps} if estimator == "ref" else {}
+    extra |= {"exact_log_z": exact_log_z} if estimator == "exact" else {}
     tau = _validate(tau, rewards=rewards, prompt_ids=prompt_ids, **extra)
     rewards = _float(rewards)
+    if estimator == "exact":
+        return exact_log_z.to(rewards.dtype)
 
+    group, counts = _groups(prompt_ids)
     if estimator == "uniform":
         if rewards.min() < 0 or rewards.max() > 1:
             raise ValueError('estimator="uniform" assumes quantile rewards in [0, 1] '
                              "(see quantile_rewards)")
-        # log(tau (e^{1/tau} - 1)) = log tau + 1/tau + log(1 - e^{-1/tau}): finite for any tau > 0.
-        value = math.log(tau) + 1.0 / tau + math.log(-math.expm1(-1.0 / tau))
-        return torch.full_like(rewards, value)
+        # log mean_i e^{i a}, a = 1/((K-1) tau): a geometric series, (e^{K a} - 1) / (K (e^{a} - 1)),
+        # written as x + log(1 - e^{-x}) for each log(e^x - 1) so that no exp() overflows.
+        k = counts.to(rewards.dtype)
+        a = 1.0 / ((k - 1).clamp(min=1) * tau)
+        log_z = (k * a + torch.log(-torch.expm1(-k * a))) - (a + torch.log(-torch.expm1(-a))) - torch.log(k)
+        return torch.where(counts == 1, 0.5 / tau, log_z)[group]
 
-    group, counts = _groups(prompt_ids)
     scaled = rewards / tau
     if estimator == "ref":
         scaled = scaled + ref_logps.to(rewards.dtype)
     log_z = _group_logsumexp(scaled, group, len(counts))
     if estimator == "mean":
-        log_z = log_z - torch.log(counts.to(rewards.dtype))
+        return (log_z - torch.log(counts.to(rewards.dtype)))[group]
+    if estimator == "loo":
+        if (counts == 1).any():
+            raise ValueError(f'estimator="loo" needs at least two samples per prompt; '
+                             f"{int((counts == 1).sum())} prompt(s) have one")
+        return _group_logsumexp_others(scaled, group, len(counts)) - torch.log(counts[group].to(rewards.dtype) - 1)
     return log_z[group]
+
+
+def _group_logsumexp_others(values, group, num_groups):
+    """log sum_{j in group(i), j != i} exp(values_j) for each sample i (groups of two or more).
+
+    The group's logsumexp L minus sample i is L + log(1 - e^{v_i - L}), accurate whenever
+    e^{v_i - L} <= 1/2, i.e. unless i is its group's unique maximum; for that one sample the
+    sum over the others is taken directly, without it."""
+    fill = torch.full((num_groups,), -math.inf, dtype=values.dtype, device=values.device)
+    peak = fill.scatter_reduce(0, group, values.detach(), "amax")
+    at_peak = values == peak[group]
+    unique = at_peak & (torch.zeros_like(peak).index_add(0, group, at_peak.to(values.dtype))[group] == 1)
+    without = values.masked_fill(unique, -math.inf)   # the unique maxima removed
+    total = _group_logsumexp(values, group, num_groups)[group]
+    rest = total + torch.log1p(-torch.exp(without - total))
+    return torch.where(unique, _group_logsumexp(without, group, num_groups)[group], rest)
 
 
 def rpo_targets(rewards, log_z, tau):
@@ -199,7 +246,8 @@ def quantile_rewards(rewards, prompt_ids):
 
     rewards (N,), prompt_ids (N,). Returns (N,) float. For a group of size n:
       q_i = (#{j : r_j < r_i} + 0.5 * (#{j : r_j = r_i} - 1)) / (n - 1),  and q = 0.5 if n = 1.
-    Why: quantiles of pi_ref samples are Uniform(0, 1), which makes log Z exact ("uniform").
+    Why: the mid-rank quantiles of K tie-free samples are exactly 0, 1/(K-1), ..., 1, whatever
+    the rewards were, which makes log Z exact ("uniform").
     """
     _validate(rewards=rewards, prompt_ids=prompt_ids)
     rewards = _float(rewards)

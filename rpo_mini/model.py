@@ -26,6 +26,9 @@ class GPTConfig:
     n_embd: int = field(default=128, metadata={"help": "width of the residual stream"})
     dropout: float = field(default=0.0, metadata={"help": "dropout rate in attention and MLP (0 = off)"})
     bias: bool = field(default=True, metadata={"help": "biases in Linear layers and LayerNorms"})
+    # Set from the world, like vocab_size from the tokenizer: row j lists the token ids allowed as
+    # the j-th token of a response ((): no restriction). See `GPT.grammar`.
+    response_grammar: tuple = field(default=(), metadata={"help": "allowed token ids per response position"})
 
 
 class KVCache:
@@ -103,6 +106,12 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf 2017)
+        # The response grammar as a (L, V) bool mask, or None: at the j-th response token only
+        # grammar[min(j, L - 1)] has probability, renormalised over those tokens. Sampling
+        # (`generate`) and teacher-forced scoring (`losses.sequence_logprobs(..., grammar=)`)
+        # both apply it, so the model sampled, trained and enumerated is one distribution.
+        # Not saved with the weights: it is part of the config.
+        self.register_buffer("grammar", _grammar_mask(config), persistent=False)
         self.apply(self._init_weights)
         # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer) so the residual stream
         # does not grow with depth.
@@ -193,7 +202,10 @@ class GPT(nn.Module):
                 ctx = slice(t - 1, t)
             mask = _attention_mask(real[:, :t], ctx.start)
             h = self.hidden_states(tokens[:, ctx], mask, positions[:, ctx], cache)
-            logits = self.lm_head(h[:, -1]).float() / max(temperature, 1e-8)
+            logits = self.lm_head(h[:, -1]).float()
+            if self.grammar is not None:
+                logits = logits.masked_fill(~self.grammar[min(step, len(self.grammar) - 1)], float("-inf"))
+            logits = logits / max(temperature, 1e-8)
             if top_k is not None:
                 kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -209,6 +221,15 @@ class GPT(nn.Module):
                 break
         new = torch.stack(out_tokens, 1)
         return (new, torch.stack(out_logps, 1)) if return_logprobs else new
+
+
+def _grammar_mask(config: GPTConfig) -> torch.Tensor | None:
+    if not config.response_grammar:
+        return None
+    mask = torch.zeros(len(config.response_grammar), config.vocab_size, dtype=torch.bool)
+    for j, allowed in enumerate(config.response_grammar):
+        mask[j, list(allowed)] = True
+    return mask
 
 
 def _attention_mask(real: torch.Tensor, q_start: int) -> torch.Tensor:

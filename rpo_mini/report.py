@@ -16,7 +16,10 @@ from .files import atomic_open, write_json
 COLORS = {"reference": "0.4", **{o.name: o.color for o in OBJECTIVES.values()}}  # the one palette
 COLUMNS = [("reward", "reward"), ("gold", "gold"), ("win_rate", "win vs ref"), ("kl", "KL"),
            ("distinct_1", "dist-1"), ("distinct_2", "dist-2"), ("toxicity_rate", "toxic"),
-           ("fluency", "fluent"), ("length", "words"), ("seconds", "time s")]
+           ("fluency", "fluent"), ("length", "words"),
+           # an exact world's sums over every response (rpo_mini/exact.py)
+           ("exact_reward", "exact r"), ("exact_kl", "exact KL"),
+           ("exact_kl_to_optimal", "KL to π*"), ("regret", "regret"), ("seconds", "time s")]
 
 
 def aggregate(runs: dict) -> dict:
@@ -103,6 +106,27 @@ def plot_reward_kl(metrics: dict, histories: dict, path: str, sweep: dict | None
     fig.savefig(path, dpi=100)
 
 
+def plot_exact_frontier(metrics: dict, path: str) -> None:
+    """An exact world's optimal reward–KL frontier (π*_τ over a grid of τ) with every policy's
+    exact point: no policy can lie above the curve."""
+    fig = Figure(figsize=(7, 5))
+    ax = fig.subplots()
+    ex = metrics["exact"]
+    front = sorted((p["kl"], p["reward"]) for p in ex["frontier"])
+    ax.plot(*zip(*front), "-", color="black", lw=1.5, label="optimal frontier π*_τ")
+    ax.plot(ex["optimal"]["exact_kl"], ex["optimal"]["exact_reward"], "*", ms=14, color="black",
+            label=f"π*_τ at the comparison's τ = {ex['tau']:g}")
+    for name, row in metrics["policies"].items():
+        ax.errorbar(row["exact_kl"], row["exact_reward"], xerr=row.get("exact_kl_ci"), yerr=row.get("exact_reward_ci"),
+                    fmt="o", ms=8, capsize=3, color=COLORS.get(name), label=name)
+    ax.set_xlabel("KL(π ‖ π_ref), exact  (nats per response)")
+    ax.set_ylabel("E_π[reward], exact")
+    ax.set_title(f"exact reward vs KL on {ex['prompts']} test prompts")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def plot_reward_distributions(data, path: str, n_prompts: int = 12) -> None:
     """The dataset's rewards for a dozen prompts side by side: they differ in mean and spread."""
     by_prompt = {}
@@ -123,6 +147,14 @@ def plot_reward_distributions(data, path: str, n_prompts: int = 12) -> None:
     fig.savefig(path, dpi=100)
 
 
+def exact_note(ex: dict) -> list[str]:
+    """What the exact columns mean, for report.md."""
+    return [f"Exact columns: sums over every response to the {ex['prompts']} test prompts (no sampling). "
+            f"`exact r` = E_π[{ex['reward']}] (E_π[gold] is `exact_gold` in metrics.json), `exact KL` = KL(π‖π_ref); `KL to π*` and "
+            f"`regret` = J*_τ − J_τ(π) = τ·KL(π‖π*_τ) are at the comparison's τ = {ex['tau']:g} on z-scored rewards "
+            f"(τ = {ex['reward_tau']:.4g} in reward units, the τ of RPO).", ""]
+
+
 def write_all(out: str, metrics: dict, histories: dict, data, world, reward: str, sweep: dict | None = None,
               log=print) -> None:
     """metrics.json, the three plots and report.md, and the table on the terminal.
@@ -133,6 +165,9 @@ def write_all(out: str, metrics: dict, histories: dict, data, world, reward: str
     plot_training(histories, os.path.join(out, plots["training"]))
     plot_reward_kl(metrics, histories, os.path.join(out, plots["reward_kl"]), sweep and sweep["points"])
     plot_reward_distributions(data, os.path.join(out, plots["rewards"]))
+    if "exact" in metrics:
+        plots["exact_frontier"] = "plots/exact_frontier.png"
+        plot_exact_frontier(metrics, os.path.join(out, plots["exact_frontier"]))
     metrics["plots"] = plots
     write_json(os.path.join(out, "metrics.json"), metrics)
     text = table(metrics)
@@ -144,8 +179,10 @@ def write_all(out: str, metrics: dict, histories: dict, data, world, reward: str
              f"Total time {metrics['timings']['total']:.0f} s.", "",
              "Reward ± 95% interval on the test prompts (over prompts for one seed, over seeds for several); "
              "win rate against the reference's samples for the same prompts; KL = E_π[log π − log π_ref] "
-             "per response.", "", "```", text, "```", "",
-             "## Samples (first sample for the same test prompts)", ""]
+             "per response.", "", "```", text, "```", ""]
+    if "exact" in metrics:
+        lines += exact_note(metrics["exact"])
+    lines += ["## Samples (first sample for the same test prompts)", ""]
     for name, row in metrics["policies"].items():
         lines.append(f"**{name}**")
         lines += [f"- *{p}*{t}" for p, t in row["samples"]] + [""]

@@ -44,5 +44,5 @@ def response_logprobs(model, prompts: list, responses: list, eot: int, length_no
         tokens, mask = tokens.to(device), mask.to(device)
         with autocast():
             logits = model(tokens)
-        out.append(sequence_logprobs(logits, tokens, mask, length_normalize).float().cpu())
+        out.append(sequence_logprobs(logits, tokens, mask, length_normalize, model.grammar).float().cpu())
     return torch.cat(out)

@@ -24,11 +24,11 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, runtime, training
+from . import checkpoint, exact, runtime, training
 from .align import OBJECTIVES, align
 from .collect import collect
 from .config import AlignConfig, stage_key, to_dict
-from .data import DatasetError, read_jsonl, write_jsonl
+from .data import DatasetError, read_jsonl, reward_stats, write_jsonl
 from .evaluate import MIN_FLUENCY, sample_and_score, summarize
 from .files import write_json
 from .model import GPT, GPTConfig
@@ -131,12 +131,18 @@ def tokenizer(ctx: Context, world, cfg) -> Artifact:
 
 
 def model_config(world, enc, cfg: GPTConfig, max_new_tokens: int) -> GPTConfig:
-    """Vocabulary from the tokenizer; context long enough for any document or prompt + response."""
+    """Vocabulary from the tokenizer; context long enough for any document or prompt + response;
+    the world's response grammar (an exact world restricts decoding to its response alphabet)."""
     longest_doc = max(len(enc.encode_ordinary(p + r)) for p, r in world.corpus) + 1
     prompts = world.train_prompts + world.val_prompts + world.test_prompts
     longest_prompt = max(len(enc.encode_ordinary(p)) for p in prompts)
     block = max(longest_doc, longest_prompt + max_new_tokens)
-    return dataclasses.replace(cfg, vocab_size=enc.n_vocab, block_size=block)
+    grammar = world.response_grammar(enc)
+    if grammar and max_new_tokens < len(grammar):
+        raise UserError(f"--max_new_tokens {max_new_tokens} is too short for the {world.name} world, whose "
+                        f"responses take up to {len(grammar)} tokens (end-of-text included)")
+    return dataclasses.replace(cfg, vocab_size=enc.n_vocab, block_size=block,
+                               response_grammar=grammar)
 
 
 def checkpoint_dict(model: GPT, kind: str, tok: Artifact, world, **extra) -> dict:
@@ -205,7 +211,7 @@ def dataset(ctx: Context, world, tok: Artifact, base: Artifact, cfg, seed: int) 
                     f"{'off-policy' if cfg.off_policy else 'from π_ref'}) in {ctx.timings['collect']:.1f}s → {path}")
 
         cached(ctx, [path], build, lambda p: None)
-    data = read_jsonl(path, block_size)
+    data = read_jsonl(path, block_size, base.value.config.response_grammar)
     lone = data.lone_prompts()
     if lone:
         ctx.log(f"warning: {lone} prompt(s) have a single response; RPO's target for them is 0 "
@@ -232,11 +238,12 @@ def validation_probe(ctx: Context, world, tok: Artifact, ref: GPT, prompts: list
 
 
 def policy(ctx: Context, objective: str, seed: int, base: Artifact, data: Artifact, cfg: AlignConfig,
-           tok: Artifact, world, probe=None) -> tuple[Artifact, dict]:
+           tok: Artifact, world, probe=None, oracle=None) -> tuple[Artifact, dict]:
     """The aligned policy for one objective and seed, trained or loaded; and its training history.
 
     A variant of the data (e.g. one prompt group for all samples) is a different `data`
-    artifact with a key of its own, so its policies are cached apart."""
+    artifact with a key of its own, so its policies are cached apart. `oracle` (`stages.oracle` on
+    the dataset's prompts) gives RPO's "exact" estimator the enumerated log Z(x)."""
     key = policy_key(data, objective, seed, cfg)
     path = ctx.path("checkpoints", f"{objective}-s{seed}-{key}.pt")
     hist_path = path.replace(".pt", ".json")
@@ -247,7 +254,7 @@ def policy(ctx: Context, objective: str, seed: int, base: Artifact, data: Artifa
         model, value, history = align(
             objective, base.value, data.value, cfg, cfg.lr_for(objective), cfg.tau_for(objective), seed,
             tok.value.eot_token, ctx.autocast, state_path=path + ".state", resume=ctx.resume, probe=probe,
-            log=ctx.log, wrap=ctx.wrap, dist=ctx.dist)
+            log=ctx.log, wrap=ctx.wrap, dist=ctx.dist, oracle=oracle)
         history["seconds"] = time.perf_counter() - t0
         if ctx.dist.is_main:
             if value is not None:
@@ -268,6 +275,25 @@ def policy(ctx: Context, objective: str, seed: int, base: Artifact, data: Artifa
     if not built:
         ctx.log(f"{objective} (seed {seed}): cached {path}")
     return Artifact(model.to(ctx.device).eval(), key, path), history
+
+
+# --- the exact world's ground truth -------------------------------------------------------------
+
+def oracle(ctx: Context, world, tok: Artifact, base: Artifact, prompts: list[str], reward: str,
+           tau: float = 1.0) -> exact.Oracle | None:
+    """In an exact world, π_ref's log-prob and the rewards of every response to every prompt in
+    `prompts`, with `tau` the comparison's τ in raw reward units (`exact.Oracle`); None elsewhere."""
+    if world.responses() is None:
+        return None
+    with ctx.timed("exact"):
+        return exact.oracle(base.value, tok.value, world, prompts, reward, tau, ctx.autocast)
+
+
+def comparison_tau(data: Artifact, cfg: AlignConfig) -> tuple[float, float]:
+    """(τ, τ in raw reward units) of the exact comparison: RPO's τ (--tau when given), times the
+    training rewards' std when the objectives z-score them (π* of r/σ at τ is π* of r at τσ)."""
+    tau = cfg.tau_for("rpo")
+    return tau, tau * (reward_stats(data.value.rewards)[1] if cfg.rewards_zscore else 1.0)
 
 
 # --- evaluation ----------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """A byte-level BPE trained on the world's corpus and wrapped in a real `tiktoken.Encoding`.
 
 Training (Sennrich et al. 2016; byte-level as in GPT-2): split text into words with the
-GPT-2 pattern, start from the 256 bytes, and repeatedly merge the most frequent adjacent
+GPT-2 pattern (digits apart, see SPLIT_PATTERN), start from the 256 bytes, and repeatedly merge the most frequent adjacent
 pair. Pair counts are updated incrementally — only the words that contain the merged pair
 are touched — so a ~2k vocabulary trains in about a second.
 
@@ -21,11 +21,15 @@ from tiktoken.load import load_tiktoken_bpe
 
 from .files import atomic_open
 
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# GPT-2's pre-tokenizer split, except that every digit is a pre-token of its own (` ?\p{N}`, not
+# ` ?\p{N}+`), as LLaMA's tokenizer does: "125" is always the three tokens 1, 2, 5, never a
+# learned "12" + "5". An answer is then written digit by digit, and the arithmetic world's
+# response space (digit strings) is the same for every tokenizer trained on it.
+SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT = "<|endoftext|>"
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, pattern: str = GPT2_PATTERN) -> dict[bytes, int]:
+def train_bpe(texts: Iterable[str], vocab_size: int, pattern: str = SPLIT_PATTERN) -> dict[bytes, int]:
     """Learn merges until the vocabulary (256 bytes + merges + EOT) has `vocab_size` tokens.
 
     Returns tiktoken's `mergeable_ranks`: token bytes -> rank (byte b has rank b, the i-th
@@ -82,7 +86,7 @@ def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
 
 def make_encoding(ranks: dict[bytes, int], name: str = "rpo_mini") -> tiktoken.Encoding:
     """A tiktoken Encoding over our ranks, with `<|endoftext|>` as the id after the last rank."""
-    return tiktoken.Encoding(name=name, pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+    return tiktoken.Encoding(name=name, pat_str=SPLIT_PATTERN, mergeable_ranks=ranks,
                              special_tokens={EOT: len(ranks)})
 
 

@@ -173,6 +173,15 @@ class World:
     def describe(self) -> str:
         raise NotImplementedError
 
+    def responses(self) -> list[str] | None:
+        """Every possible response, in an exact world (see `rpo_mini.exact`); None where the
+        response space is too large to enumerate."""
+        return None
+
+    def response_grammar(self, enc) -> tuple:
+        """Token ids allowed at each response position (`GPTConfig.response_grammar`); () = any."""
+        return ()
+
 
 def split_prompts(prompts: list[str], cfg: WorldConfig):
     """Shuffle with the seed and cut into disjoint (train, val, test) lists."""
@@ -314,11 +323,18 @@ def _predicate(positive, rng):
 # Arithmetic
 
 
+MAX_DIGITS = 3   # an arithmetic response is 1 to 3 digits, then end-of-text
+
+
 class ArithmeticWorld(World):
-    """"a+b=" -> "c". The corpus is wrong on purpose, more often for harder prompts."""
+    """"a+b=" -> "c". The corpus is wrong on purpose, more often for harder prompts.
+
+    The exact world: a response is one to MAX_DIGITS digits then end-of-text, every digit its
+    own token, and the model may write nothing else (`response_grammar`), so the response
+    space — 10 + 100 + 1000 = 1110 strings — can be enumerated and every quantity summed."""
 
     name = "arithmetic"
-    default_reward = "correct"
+    default_reward = "partial"
     gold_reward = "correct"
 
     def __init__(self, cfg: WorldConfig):
@@ -359,6 +375,16 @@ class ArithmeticWorld(World):
     def rewards(self) -> dict[str, Callable[[str, str], float]]:
         return {"correct": R.correct, "partial": R.partial}
 
+    def responses(self) -> list[str]:
+        """All digit strings of 1 to MAX_DIGITS digits, leading zeros included ("07" is a
+        response the model can write; it is not fluent and never correct)."""
+        return [str(n).zfill(d) for d in range(1, MAX_DIGITS + 1) for n in range(10 ** d)]
+
+    def response_grammar(self, enc) -> tuple:
+        """A digit first; then a digit or end-of-text; end-of-text forced after MAX_DIGITS digits."""
+        digits = tuple(enc.encode_single_token(str(d)) for d in range(10))
+        return (digits,) + (digits + (enc.eot_token,),) * (MAX_DIGITS - 1) + ((enc.eot_token,),)
+
     def is_fluent(self, prompt: str, response: str) -> bool:
         """One to three digits, no leading zero (except "0" itself)."""
         return re.fullmatch(r"0|[1-9][0-9]{0,2}", response) is not None
@@ -378,7 +404,9 @@ class ArithmeticWorld(World):
             f"  corpus: {len(self.corpus)} documents, {wrong:.1%} wrong answers "
             f"(target {self.cfg.wrong_fraction:.0%})",
             f"  error rate by difficulty (carries + both two-digit): {rates}",
-            "  rewards: correct (default and gold), partial",
+            f"  responses: 1 to {MAX_DIGITS} digits then end-of-text, {len(self.responses())} in all",
+            f"  rewards: {', '.join(self.rewards())} "
+            f"(default {self.default_reward}, gold {self.gold_reward})",
         ])
 
 

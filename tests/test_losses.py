@@ -39,8 +39,10 @@ def naive_log_partition(rewards, ids, tau, estimator, ref=None):
             out.append(naive_logsumexp([rewards[j] / tau for j in group]) - math.log(len(group)))
         elif estimator == "ref":
             out.append(naive_logsumexp([ref[j] + rewards[j] / tau for j in group]))
-        else:  # log of  integral_0^1 exp(q / tau) dq
-            out.append(math.log(tau * (math.exp(1 / tau) - 1)))
+        else:  # uniform: the log-mean-exp of the K mid-rank quantiles 0, 1/(K-1), ..., 1 (0.5 alone)
+            k = len(group)
+            qs = [q / (k - 1) for q in range(k)] if k > 1 else [0.5]
+            out.append(naive_logsumexp([q / tau for q in qs]) - math.log(k))
     return out
 
 
@@ -137,7 +139,7 @@ def random_problem(seed=0):
 
 
 @pytest.mark.parametrize("tau", [0.1, 1.0, 5.0])
-@pytest.mark.parametrize("estimator", ["mean", "ref", "uniform"])
+@pytest.mark.parametrize("estimator", ["mean", "ref", "uniform"])  # "loo": tests/test_exact.py
 def test_log_partition_matches_naive(estimator, tau):
     rewards, ids, ref = random_problem()
     if estimator == "uniform":
@@ -151,10 +153,11 @@ def test_log_partition_matches_naive(estimator, tau):
 @pytest.mark.parametrize("tau", [1e-3, 1e3])
 def test_log_partition_uniform_extreme_tau(tau):
     got = log_partition(torch.full((3,), 0.5, dtype=F64), torch.tensor([0, 0, 1]), tau, "uniform")
-    # tau (e^{1/tau} - 1): at tau = 1e3 it is 1 + 1/(2 tau) + ..., at 1e-3 it is tau e^{1/tau}.
-    want = math.log(tau * math.expm1(1 / tau)) if tau > 1 else math.log(tau) + 1 / tau
+    # a pair takes the quantiles {0, 1}: log((1 + e^{1/tau}) / 2), by hand for each tau; a lone
+    # sample the quantile 0.5: 0.5 / tau
+    pair = 1 / tau + math.log1p(math.exp(-1 / tau)) - math.log(2) if tau < 1 else math.log((1 + math.exp(1 / tau)) / 2)
     assert torch.isfinite(got).all()
-    assert torch.allclose(got, torch.full((3,), want, dtype=F64), rtol=1e-12)
+    assert torch.allclose(got, t64([pair, pair, 0.5 / tau]), rtol=1e-12)
 
 
 @pytest.mark.parametrize("estimator", ["mean", "ref"])
@@ -218,7 +221,7 @@ def test_group_sizes():
     (lambda: log_partition(t64([1.0, 2.0]), torch.tensor([0, 0]), 1.0, "ref", t64([0.0])),
      "shape mismatch"),
     (lambda: log_partition(t64([1.0, 2.0]), torch.tensor([0, 0]), 1.0, "median"),
-     "unknown estimator 'median'; valid: mean, ref, uniform"),
+     "unknown estimator 'median'; valid: mean, loo, ref, uniform, exact"),
     (lambda: log_partition(t64([0.5, 2.0]), torch.tensor([0, 0]), 1.0, "uniform"), "quantile"),
     (lambda: log_partition(t64([]), torch.tensor([], dtype=torch.long), 1.0), "empty"),
 ])

@@ -307,4 +307,5 @@ def test_arithmetic_fluency(arithmetic):
 def test_arithmetic_rewards_through_the_world(arithmetic):
     assert arithmetic.score("17+25=", "42") == {"correct": 1.0, "partial": 1.0}
     assert arithmetic.score("17+25=", "41") == {"correct": 0.0, "partial": 0.5}
-    assert arithmetic.default_reward == arithmetic.gold_reward == "correct"
+    # graded training reward, exact correctness as gold
+    assert (arithmetic.default_reward, arithmetic.gold_reward) == ("partial", "correct")

@@ -1,0 +1,386 @@
+"""The exact world: the enumerated tables, exact log Z, π*, KL, regret and the frontier, each
+checked against an independent computation (a float64 loop over one sequence at a time, a
+hand-made table summed by hand, samples), and the partition estimators against log Z."""
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rpo_mini import exact, losses
+from rpo_mini.align import Alignment
+from rpo_mini.config import QUICK, Config, apply
+from rpo_mini.sampling import response_logprobs, sample_responses
+from rpo_mini.worlds import MAX_DIGITS
+
+F64 = torch.float64
+
+
+@pytest.fixture(scope="module")
+def arith(tmp_path_factory):
+    """A tiny arithmetic run: world, tokenizer, a briefly pretrained base model and a dataset."""
+    from rpo_mini import stages
+
+    cfg = apply(Config(), QUICK)
+    cfg.world.name = "arithmetic"
+    apply(cfg, {"world": {"corpus_size": 2000, "arithmetic_prompts": 200},
+                "model": {"n_layer": 1, "n_embd": 32, "n_head": 2},
+                "pretrain": {"pretrain_steps": 150}, "collect": {"n_prompts": 12, "max_new_tokens": 4},
+                "align": {"steps": 4, "eval_every": 1000}})
+    cfg.run.out, cfg.run.device = str(tmp_path_factory.mktemp("arith")), "cpu"
+    return stages.materials(cfg)
+
+
+def fresh(m):
+    torch.manual_seed(1)
+    from rpo_mini.model import GPT
+    return GPT(m.base.value.config).eval()
+
+
+def naive_restricted_logp(model, prompt, response):
+    """Σ_j log π(y_j | x, y_<j) with π renormalised over the grammar's tokens at position j: one
+    unpadded sequence, float64, a Python loop over positions."""
+    rows = model.config.response_grammar
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + response]))[0].double()
+    total = 0.0
+    for j, tok in enumerate(response):
+        allowed = list(rows[min(j, len(rows) - 1)])
+        if tok not in allowed:
+            return -math.inf
+        scores = logits[len(prompt) - 1 + j, allowed]
+        total += (scores[allowed.index(tok)] - torch.logsumexp(scores, 0)).item()
+    return total
+
+
+def oracle_of(m, prompts, tau=0.1):
+    return exact.oracle(m.base.value, m.tok.value, m.world, prompts, m.world.default_reward, tau)
+
+
+# --- the response space and the tables -------------------------------------------------------
+
+def test_the_response_space_is_every_digit_string_and_each_digit_is_one_token(arith):
+    ys = arith.world.responses()
+    assert len(ys) == len(set(ys)) == sum(10 ** d for d in range(1, MAX_DIGITS + 1)) == 1110
+    assert {"0", "9", "07", "42", "999", "100"} <= set(ys) and "1000" not in ys and "" not in ys
+    enc = arith.tok.value
+    for y in ("42", "100", "999"):
+        assert [enc.decode([t]) for t in enc.encode_ordinary(y)] == list(y)
+    assert [enc.decode([t]) for t in enc.encode_ordinary("17+25=")] == list("17+25=")
+
+
+@pytest.mark.parametrize("which", ["fresh", "trained"])
+def test_every_row_of_the_table_is_a_distribution_over_the_enumerated_responses(arith, which):
+    model = fresh(arith) if which == "fresh" else arith.base.value
+    o = exact.oracle(model, arith.tok.value, arith.world, arith.world.test_prompts[:6], "partial", 0.1)
+    assert o.ref.shape == (6, 1110) and o.ref.dtype == F64
+    assert torch.allclose(o.ref.logsumexp(-1), torch.zeros(6, dtype=F64), atol=1e-5)
+
+
+def test_table_entries_equal_a_float64_loop_over_single_sequences(arith):
+    model, enc = arith.base.value, arith.tok.value
+    prompts = arith.world.test_prompts[:3]
+    o = oracle_of(arith, prompts)
+    for i, p in enumerate(prompts):
+        for col in (0, 7, 10, 55, 110, 600, 1109):  # one, two and three digits
+            want = naive_restricted_logp(model, enc.encode_ordinary(p), o.response_tokens[col])
+            assert o.ref[i, col].item() == pytest.approx(want, abs=1e-5), (p, arith.world.responses()[col])
+
+
+@pytest.mark.parametrize("which", ["fresh", "trained"])
+def test_restricted_sampling_yields_enumerated_responses_with_the_tables_log_probs(arith, which):
+    model, enc = (fresh(arith) if which == "fresh" else arith.base.value), arith.tok.value
+    prompts = arith.world.test_prompts[:5]
+    o = exact.oracle(model, enc, arith.world, prompts, "partial", 0.1)
+    column = {tuple(y): c for c, y in enumerate(o.response_tokens)}
+    toks = [enc.encode_ordinary(p) for p in prompts] * 80
+    responses, logps = sample_responses(model, toks, enc.eot_token, 4, torch.Generator().manual_seed(0))
+    assert all(tuple(r) in column for r in responses), "a sample outside the response grammar"
+    rows = [i % len(prompts) for i in range(len(toks))]
+    want = torch.tensor([o.ref[r, column[tuple(y)]].item() for r, y in zip(rows, responses)], dtype=F64)
+    assert torch.allclose(torch.tensor(logps, dtype=F64), want, atol=1e-4)
+    forced = response_logprobs(model, toks, responses, enc.eot_token)
+    assert torch.allclose(forced.double(), want, atol=1e-4)
+    if which == "fresh":  # an untrained model spreads over many lengths: the grammar is what holds
+        lengths = {len(r) for r in responses}
+        assert lengths == {2, 3, 4}, lengths
+
+
+def test_alignment_trains_on_the_restricted_log_probs(arith):
+    """RPO's minibatch loss, from the Alignment, against the tables of a perturbed policy."""
+    data, enc = arith.data.value, arith.tok.value
+    cfg = dataclasses.replace(Config().align, rewards_zscore=False, estimator="mean")
+    a = Alignment("rpo", arith.base.value, data, cfg, lr=1e-3, tau=0.5, seed=0, eot=enc.eot_token)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in a.policy.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    idx = torch.arange(len(data))
+    loss, _ = a.loss(idx)
+    pol = [naive_restricted_logp(a.policy, data.prompt_tokens[i], data.response_tokens[i]) for i in idx]
+    ref = [naive_restricted_logp(a.ref, data.prompt_tokens[i], data.response_tokens[i]) for i in idx]
+    r = [rec["reward"] for rec in data.records]
+    by_prompt = {}
+    for i, rec in enumerate(data.records):
+        by_prompt.setdefault(rec["prompt_id"], []).append(r[i] / 0.5)
+    log_z = [math.log(sum(math.exp(v) for v in by_prompt[rec["prompt_id"]]) / len(by_prompt[rec["prompt_id"]]))
+             for rec in data.records]
+    want = 0.5 * sum((pp - rr - (ri / 0.5 - lz)) ** 2 for pp, rr, ri, lz in zip(pol, ref, r, log_z)) / len(r)
+    assert loss.item() == pytest.approx(want, rel=1e-4)
+
+
+# --- exact quantities on a hand-made table ----------------------------------------------------
+
+REF = [[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]     # π_ref(y|x) for 2 prompts × 3 responses
+R = [[1.0, 0.0, 0.5], [0.0, 2.0, 1.0]]
+PI = [[0.2, 0.2, 0.6], [0.3, 0.3, 0.4]]      # some other policy
+
+
+def t(rows):
+    return torch.tensor(rows, dtype=F64)
+
+
+@pytest.mark.parametrize("tau", [0.05, 0.3, 2.0])
+def test_exact_quantities_by_hand(tau):
+    ref, pi, r = t(REF).log(), t(PI).log(), t(R)
+    for x in range(2):
+        z = sum(REF[x][y] * math.exp(R[x][y] / tau) for y in range(3))
+        assert exact.log_partition(ref, r, tau)[x].item() == pytest.approx(math.log(z), rel=1e-12)
+        star = [REF[x][y] * math.exp(R[x][y] / tau) / z for y in range(3)]
+        assert exact.optimal_table(ref, r, tau)[x].exp().tolist() == pytest.approx(star, rel=1e-10)
+        e_r = sum(PI[x][y] * R[x][y] for y in range(3))
+        kl_ref = sum(PI[x][y] * math.log(PI[x][y] / REF[x][y]) for y in range(3))
+        kl_star = sum(PI[x][y] * math.log(PI[x][y] / star[y]) for y in range(3))
+        assert exact.expected(pi, r)[x].item() == pytest.approx(e_r, rel=1e-12)
+        assert exact.kl(pi, ref)[x].item() == pytest.approx(kl_ref, rel=1e-10)
+        assert exact.kl(pi, exact.optimal_table(ref, r, tau))[x].item() == pytest.approx(kl_star, rel=1e-9)
+        j = e_r - tau * kl_ref
+        assert exact.objective(pi, ref, r, tau)[x].item() == pytest.approx(j, rel=1e-10)
+        # J* = τ log Z, the regret J* − J, and the identity regret = τ KL(π‖π*)
+        assert exact.regret(pi, ref, r, tau)[x].item() == pytest.approx(tau * math.log(z) - j, rel=1e-9, abs=1e-12)
+        assert tau * kl_star == pytest.approx(tau * math.log(z) - j, rel=1e-9, abs=1e-12)
+
+
+def test_regret_is_nonnegative_and_zero_only_at_the_optimum():
+    g = torch.Generator().manual_seed(0)
+    ref = torch.log_softmax(torch.randn(5, 40, generator=g, dtype=F64), -1)
+    r = torch.rand(5, 40, generator=g, dtype=F64)
+    tau = 0.2
+    for _ in range(20):
+        pi = torch.log_softmax(3 * torch.randn(5, 40, generator=g, dtype=F64), -1)
+        assert (exact.regret(pi, ref, r, tau) > 0).all()
+    assert (exact.regret(ref, ref, r, tau) > 0).all()          # π_ref is not optimal when r varies
+    assert exact.regret(exact.optimal_table(ref, r, tau), ref, r, tau).abs().max() < 1e-12
+    assert exact.kl(ref, ref).abs().max() == 0
+    # a deterministic policy has π = 0 on most responses: those terms are 0, not NaN
+    onehot = torch.full((5, 40), -math.inf, dtype=F64)
+    onehot[:, 3] = 0.0
+    assert torch.isfinite(exact.kl(onehot, ref)).all()
+    assert exact.kl(onehot, ref).tolist() == pytest.approx((-ref[:, 3]).tolist())
+
+
+def test_the_frontier_is_the_best_reward_at_its_kl():
+    """Every random policy lies on or below the frontier's upper envelope at its KL."""
+    g = torch.Generator().manual_seed(1)
+    ref = torch.log_softmax(torch.randn(1, 12, generator=g, dtype=F64), -1)
+    r = torch.rand(1, 12, generator=g, dtype=F64)
+    front = exact.frontier(ref, r, [10 ** (k / 20) for k in range(-60, 40)])
+    kls = [p["kl"] for p in front]
+    assert kls == sorted(kls, reverse=True)       # smaller τ, more KL
+    rewards = [p["reward"] for p in front]
+    assert all(a >= b - 1e-12 for a, b in zip(rewards, rewards[1:]))
+    for _ in range(200):
+        pi = torch.log_softmax(2 * torch.randn(1, 12, generator=g, dtype=F64), -1)
+        k, e = exact.kl(pi, ref).item(), exact.expected(pi, r).item()
+        best = max((p["reward"] for p in front if p["kl"] <= k + 1e-12), default=None)
+        if best is not None and k < kls[0]:
+            # the frontier point at KL just above k has reward at least e
+            above = min((p for p in front if p["kl"] >= k), key=lambda p: p["kl"])
+            assert above["reward"] >= e - 1e-9
+
+
+# --- partition estimators against the exact log Z ----------------------------------------------
+
+def test_the_mean_estimator_approaches_the_exact_log_partition(arith):
+    """log Ẑ from K samples of π_ref → log Z, within a tolerance set by the sample size."""
+    m, enc = arith, arith.tok.value
+    prompts = m.world.test_prompts[:4]
+    tau = 0.3
+    o = oracle_of(m, prompts)
+    exact_log_z = o.log_z(tau)
+    k = 4000
+    toks = [enc.encode_ordinary(p) for p in prompts for _ in range(k)]
+    responses, _ = sample_responses(m.base.value, toks, enc.eot_token, 4, torch.Generator().manual_seed(3))
+    texts = [enc.decode(r[:-1]) for r in responses]
+    owners = [p for p in prompts for _ in range(k)]
+    r = torch.tensor([m.world.rewards()["partial"](p, y) for p, y in zip(owners, texts)], dtype=F64)
+    ids = torch.tensor([i for i in range(len(prompts)) for _ in range(k)])
+    est = losses.log_partition(r, ids, tau, "mean")[::k]
+    # delta method: sd(log mean w) ≈ sd(w) / (sqrt(k) mean(w)), with w = e^{r/τ}
+    w = torch.exp(r / tau).view(len(prompts), k)
+    tol = 4 * w.std(1) / (math.sqrt(k) * w.mean(1))
+    assert ((est - exact_log_z).abs() < tol).all(), (est, exact_log_z, tol)
+
+
+def naive_loo(rewards, ids, tau):
+    out = []
+    for i, (ri, gi) in enumerate(zip(rewards, ids)):
+        others = [rj / tau for j, (rj, gj) in enumerate(zip(rewards, ids)) if gj == gi and j != i]
+        peak = max(others)
+        out.append(peak + math.log(sum(math.exp(v - peak) for v in others)) - math.log(len(others)))
+    return out
+
+
+@pytest.mark.parametrize("tau", [0.1, 1.0])
+def test_leave_one_out_matches_a_naive_loop_for_groups_of_unequal_sizes(tau):
+    g = torch.Generator().manual_seed(0)
+    ids = [3, 3, 7, 7, 7, 7, 7, 1, 1, 3, 9, 9, 9]          # sizes 3, 5, 2, 3; unsorted
+    rewards = torch.randn(len(ids), generator=g, dtype=F64).tolist()
+    rewards[4] = rewards[5] = max(rewards) + 1               # a tied maximum
+    got = losses.log_partition(torch.tensor(rewards, dtype=F64), torch.tensor(ids), tau, "loo")
+    assert got.tolist() == pytest.approx(naive_loo(rewards, ids, tau), rel=1e-10)
+
+
+def test_leave_one_out_with_a_dominant_reward_does_not_overflow_or_cancel():
+    # r/τ = 1e4 for the unique maximum: the other samples' estimate must not be lost to it
+    r = torch.tensor([1e3, 0.0, 1.0, 2.0], dtype=F64)
+    got = losses.log_partition(r, torch.zeros(4, dtype=torch.long), 0.1, "loo")
+    assert torch.isfinite(got).all()
+    want = naive_loo(r.tolist(), [0] * 4, 0.1)
+    assert got.tolist() == pytest.approx(want, rel=1e-12)
+    assert got[0].item() == pytest.approx(20 + math.log(1 + math.exp(-10) + math.exp(-20)) - math.log(3))
+
+
+def test_leave_one_out_refuses_a_lone_response():
+    with pytest.raises(ValueError, match="at least two samples per prompt"):
+        losses.log_partition(torch.tensor([0.5, 1.0, 0.2]), torch.tensor([0, 0, 1]), 1.0, "loo")
+
+
+def test_mean_caps_every_target_at_log_k_while_leave_one_out_does_not():
+    r = torch.tensor([5.0, 0.0, 0.0, 0.0])
+    ids = torch.zeros(4, dtype=torch.long)
+    tau = 0.1
+    mean_target = losses.rpo_targets(r, losses.log_partition(r, ids, tau, "mean"), tau)
+    loo_target = losses.rpo_targets(r, losses.log_partition(r, ids, tau, "loo"), tau)
+    assert mean_target.max().item() <= math.log(4) + 1e-6
+    assert loo_target[0].item() == pytest.approx(50 - 0.0)          # r/τ − log mean(e^0, e^0, e^0)
+
+
+@pytest.mark.parametrize("k,tau,offset", [(8, 0.3, 0.11), (8, 0.1, 0.50)])
+def test_uniform_is_the_exact_log_mean_exp_of_the_k_mid_rank_quantiles(k, tau, offset):
+    """The K quantiles of K tie-free samples are 0, 1/(K−1), ..., 1; the continuous closed form
+    log τ(e^{1/τ} − 1) falls short of their log-mean-exp by the stated amount."""
+    g = torch.Generator().manual_seed(0)
+    rewards = torch.randn(k, generator=g, dtype=F64)
+    ids = torch.zeros(k, dtype=torch.long)
+    q = losses.quantile_rewards(rewards, ids)
+    assert sorted(q.tolist()) == pytest.approx([i / (k - 1) for i in range(k)])
+    got = losses.log_partition(q, ids, tau, "uniform")
+    want = math.log(sum(math.exp(i / ((k - 1) * tau)) for i in range(k)) / k)
+    assert got.tolist() == pytest.approx([want] * k, rel=1e-12)
+    continuous = math.log(tau * (math.exp(1 / tau) - 1))
+    assert want - continuous == pytest.approx(offset, abs=0.005)
+
+
+def test_exact_estimator_passes_the_enumerated_partition_through_and_refuses_without_one():
+    log_z = torch.tensor([0.1, 0.1, 0.7], dtype=F64)
+    got = losses.log_partition(torch.tensor([1.0, 0.0, 2.0], dtype=F64), torch.tensor([0, 0, 1]), 0.3, "exact",
+                               exact_log_z=log_z)
+    assert torch.equal(got, log_z)
+    with pytest.raises(ValueError, match="exact world"):
+        losses.log_partition(torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), 0.3, "exact")
+
+
+# --- RPO with the exact partition converges to π* -------------------------------------------------
+
+def test_rpo_on_the_whole_response_space_with_the_exact_partition_reaches_the_optimum(arith):
+    """Minimise Σ_y π_ref(y|x) · ½ (log π/π_ref − (r/τ − log Z))² over every response: KL(π‖π*)
+    must fall from π_ref's value to a tenth of it."""
+    m = arith
+    prompts = m.world.test_prompts[:3]
+    tau = 0.2
+    o = oracle_of(m, prompts, tau)
+    target = o.rewards / tau - o.log_z(tau)[:, None]                     # (N, Y)
+    policy = copy.deepcopy(m.base.value).requires_grad_(True).train()
+    opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    start = exact.kl(o.ref, o.optimal()).mean().item()
+    for _ in range(300):
+        table = exact.logprob_table(policy, o.prompt_tokens, o.response_tokens, o.eot, requires_grad=True)
+        loss = 0.5 * (o.ref.exp() * (table - o.ref - target) ** 2).sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    end = exact.kl(o.table(policy.eval()), o.optimal()).mean().item()
+    assert start > 0.5 and end < 0.1 * start, (start, end)
+
+
+# --- the pipeline in the exact world ------------------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def arithmetic_run(out, *extra):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--world", "arithmetic", "--quick",
+                        "--device", "cpu", "--out", str(out), *extra], capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads((out / "metrics.json").read_text()), r
+
+
+@pytest.fixture(scope="module")
+def exact_run(tmp_path_factory):
+    return arithmetic_run(tmp_path_factory.mktemp("exact"), "--objectives", "sft,rpo", "--estimator", "exact")
+
+
+def test_the_arithmetic_run_reports_exact_metrics_for_every_policy(exact_run):
+    metrics, r = exact_run
+    ex = metrics["exact"]
+    assert ex["tau"] == 1.0 and ex["reward"] == "partial"   # RPO's τ in the arithmetic world
+    for name, row in metrics["policies"].items():
+        for key in ("exact_reward", "exact_kl", "exact_kl_to_optimal", "regret"):
+            assert math.isfinite(row[key]), (name, key)
+        assert row["regret"] >= 0 and row["exact_kl_to_optimal"] >= 0 and row["exact_kl"] >= -1e-9
+        # regret = τ·KL(π‖π*) with τ in reward units
+        assert row["regret"] == pytest.approx(ex["reward_tau"] * row["exact_kl_to_optimal"], rel=1e-6, abs=1e-9)
+        # below the frontier: E_π[r] − t·KL(π‖π_ref) ≤ J*_t = E_π*[r] − t·KL(π*‖π_ref) at every t
+        for p in ex["frontier"]:
+            assert row["exact_reward"] - p["tau"] * row["exact_kl"] <= p["reward"] - p["tau"] * p["kl"] + 1e-9
+    assert metrics["policies"]["reference"]["exact_kl"] == pytest.approx(0, abs=1e-9)
+    assert ex["optimal"]["regret"] == pytest.approx(0, abs=1e-9)
+    out = os.path.dirname(os.path.dirname(metrics["artifacts"]["base"]))
+    assert open(os.path.join(out, metrics["plots"]["exact_frontier"]), "rb").read()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "KL to π*" in r.stdout and "regret" in r.stdout
+    assert "τ = 1 on z-scored rewards" in open(os.path.join(out, "report.md")).read()
+
+
+def test_the_same_seed_gives_the_same_exact_numbers(exact_run, tmp_path):
+    again, _ = arithmetic_run(tmp_path, "--objectives", "rpo", "--estimator", "exact")
+    first = exact_run[0]
+    for name in ("reference", "rpo"):
+        for key in ("exact_reward", "exact_kl", "exact_kl_to_optimal", "regret", "reward", "gold"):
+            assert again["policies"][name][key] == first["policies"][name][key], (name, key)
+
+
+def test_the_exact_estimator_is_refused_outside_an_exact_world(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--quick", "--device", "cpu",
+                        "--out", str(tmp_path), "--estimator", "exact"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "needs an exact world" in r.stderr
+    assert not os.listdir(tmp_path / "checkpoints")
+
+
+def test_a_dataset_response_outside_the_grammar_is_refused_before_pretraining(tmp_path):
+    line = {"prompt_id": 0, "prompt": "1+2=", "response": "3+", "prompt_tokens": [49, 43, 50, 61],
+            "response_tokens": [51, 43, 256], "reward": 0.0, "rewards": {}, "ref_logp": 0.0, "fluent": False}
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(line) + "\n")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--world", "arithmetic", "--quick",
+                        "--device", "cpu", "--out", str(tmp_path / "out"), "--dataset", str(path)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "bad.jsonl:1: response token 1 (id 43)" in r.stderr and "grammar" in r.stderr
+    assert not any(f.startswith("base-") for f in os.listdir(tmp_path / "out" / "checkpoints"))
