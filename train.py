@@ -57,15 +57,17 @@ def run(cfg: Config, log=None) -> dict:
         sweep = stages.sweep(ctx, world, tok, base, data, cfg, objectives(cfg))
         align_cfg = stages.with_sweep(cfg.align, sweep["chosen"])
 
+    test_prompts = world.test_prompts[:cfg.eval.eval_prompts or None]  # every policy is measured on these
+
     # 6. In an exact world, the ground truth: π_ref's probability and the reward of every possible
     #    response to every test prompt, so each policy's reward, KL and distance to the optimum π*
     #    are sums (rpo_mini/exact.py). RPO's "exact" estimator reads log Z(x) of the training prompts.
     tau, exact_tau = stages.comparison_tau(data, align_cfg)
-    test_prompts = world.test_prompts[:cfg.eval.eval_prompts or None]
     oracle = stages.oracle(ctx, world, tok, base, test_prompts, reward, exact_tau) if ctx.dist.is_main else None
     train_oracle = None
     if align_cfg.estimator == "exact":
-        train_oracle = stages.oracle(ctx, world, tok, base, sorted({r["prompt"] for r in data.value.records}), reward)
+        prompts = sorted({r["prompt"] for r in data.value.records})
+        train_oracle = stages.oracle(ctx, world, tok, base, prompts, reward, exact_tau)
     exact_of = (lambda m: oracle.measures(oracle.table(m, ctx.autocast))) if oracle else (lambda m: {})
     ref_exact = exact_of(base.value) if ctx.dist.is_main else {}
 
@@ -77,7 +79,7 @@ def run(cfg: Config, log=None) -> dict:
         ref_s = None
         if ctx.dist.is_main:
             ref_s = stages.evaluate(ctx, "reference", base, base.value, seed, world, tok, cfg.eval,
-                                    cfg.collect.max_new_tokens)
+                                    cfg.collect.max_new_tokens, test_prompts)
             runs.setdefault("reference", []).append(summarize(ref_s, world, reward, ref_s) | ref_exact
                                                     | {"seconds": 0.0, "samples": examples(ref_s)})
         # A quick look at a few validation prompts during training (reward, KL): the training curves.
@@ -89,7 +91,7 @@ def run(cfg: Config, log=None) -> dict:
             histories.setdefault(obj, []).append(history)
             if ctx.dist.is_main:
                 s = stages.evaluate(ctx, obj, policy, base.value, seed, world, tok, cfg.eval,
-                                    cfg.collect.max_new_tokens)
+                                    cfg.collect.max_new_tokens, test_prompts)
                 runs.setdefault(obj, []).append(summarize(s, world, reward, ref_s) | exact_of(policy.value)
                                                 | {"seconds": history["seconds"], "checkpoint": policy.path,
                                                    "samples": examples(s)})

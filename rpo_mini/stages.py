@@ -280,7 +280,7 @@ def policy(ctx: Context, objective: str, seed: int, base: Artifact, data: Artifa
 # --- the exact world's ground truth -------------------------------------------------------------
 
 def oracle(ctx: Context, world, tok: Artifact, base: Artifact, prompts: list[str], reward: str,
-           tau: float = 1.0) -> exact.Oracle | None:
+           tau: float) -> exact.Oracle | None:
     """In an exact world, π_ref's log-prob and the rewards of every response to every prompt in
     `prompts`, with `tau` the comparison's τ in raw reward units (`exact.Oracle`); None elsewhere."""
     if world.responses() is None:

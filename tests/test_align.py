@@ -86,6 +86,16 @@ def test_rpo_without_zscoring_trains_on_the_raw_rewards(tiny):
     assert a.fixed["log_z"].tolist() == pytest.approx(log_z, rel=1e-5, abs=1e-5)
 
 
+def test_rpo_leave_one_out_estimator_leaves_each_sample_out_of_its_own_partition(tiny):
+    tau = 0.5
+    a = make(tiny, "rpo", tau, estimator="loo")
+    rz, grp = zscored(a.data), groups(a.data)
+    for i in IDX.tolist():
+        others = [rz[j] / tau for j in grp[i] if j != i]
+        want = math.log(sum(math.exp(v) for v in others) / len(others))
+        assert a.fixed["log_z"][i].item() == pytest.approx(want, rel=1e-5, abs=1e-5)
+
+
 def test_rpo_ref_estimator_weights_each_response_by_its_reference_probability(tiny):
     tau = 1.0
     a = make(tiny, "rpo", tau, estimator="ref")

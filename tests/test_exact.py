@@ -384,3 +384,49 @@ def test_a_dataset_response_outside_the_grammar_is_refused_before_pretraining(tm
     assert r.returncode == 2, r.stderr[-2000:]
     assert "bad.jsonl:1: response token 1 (id 43)" in r.stderr and "grammar" in r.stderr
     assert not any(f.startswith("base-") for f in os.listdir(tmp_path / "out" / "checkpoints"))
+
+
+def test_the_exact_estimator_trains_on_log_z_of_the_z_scored_rewards(arith):
+    """RPO's "exact" log Ẑ(x) of each sample: the enumerated sum Σ_y π_ref(y|x) e^{z(x,y)/τ} with
+    z = (r − μ)/σ z-scored by the dataset's own mean and std, here by hand per prompt."""
+    import statistics
+
+    from rpo_mini.align import prepare
+
+    data, enc, world = arith.data.value, arith.tok.value, arith.world
+    prompts = sorted({rec["prompt"] for rec in data.records})
+    o = exact.oracle(arith.base.value, enc, world, prompts, "partial", 1.0)
+    raw = [rec["reward"] for rec in data.records]
+    mu, sigma = statistics.fmean(raw), statistics.stdev(raw)
+    tau = 0.7
+    cfg = dataclasses.replace(Config().align, estimator="exact")
+    ref_logps = torch.tensor([rec["ref_logp"] for rec in data.records])
+    fixed = prepare("rpo", data, ref_logps, cfg, tau, o)
+    partial = world.rewards()["partial"]
+    for i in (0, 5, len(raw) - 1):
+        p = data.records[i]["prompt"]
+        row = o.ref[prompts.index(p)].tolist()
+        z = sum(math.exp(lp + (partial(p, y) - mu) / sigma / tau) for lp, y in zip(row, world.responses()))
+        assert fixed["log_z"][i].item() == pytest.approx(math.log(z), rel=1e-5)
+
+
+def test_kto_scores_its_mismatched_pairs_under_the_grammar_too(arith, monkeypatch):
+    data, enc = arith.data.value, arith.tok.value
+    a = Alignment("kto", arith.base.value, data, Config().align, lr=1e-3, tau=None, seed=0, eot=enc.eot_token)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in a.policy.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    seen, real = {}, losses.kto_loss
+
+    def spy(*args, **kw):
+        seen["pol"], seen["ref"] = args[3].tolist(), args[4].tolist()
+        return real(*args, **kw)
+
+    monkeypatch.setattr(losses, "kto_loss", spy)
+    idx = [0, 3, 4, 9, 11]
+    a.loss(torch.tensor(idx))
+    pairs = list(zip(idx, idx[1:] + idx[:1]))   # prompt i with the next sample's response
+    for model, key in ((a.policy, "pol"), (a.ref, "ref")):
+        want = [naive_restricted_logp(model, data.prompt_tokens[i], data.response_tokens[j]) for i, j in pairs]
+        assert seen[key] == pytest.approx(want, abs=1e-4), key
