@@ -341,6 +341,11 @@ def test_the_arithmetic_run_reports_exact_metrics_for_every_policy(exact_run):
     metrics, r = exact_run
     ex = metrics["exact"]
     assert ex["tau"] == 1.0 and ex["reward"] == "partial"   # RPO's τ in the arithmetic world
+    # the objectives train on z-scored rewards at τ: in reward units that is τ times their std
+    import statistics
+    with open(metrics["artifacts"]["dataset"]) as f:
+        rewards = [json.loads(line)["reward"] for line in f]
+    assert ex["reward_tau"] == pytest.approx(ex["tau"] * statistics.stdev(rewards), rel=1e-9)
     for name, row in metrics["policies"].items():
         for key in ("exact_reward", "exact_kl", "exact_kl_to_optimal", "regret"):
             assert math.isfinite(row[key]), (name, key)
