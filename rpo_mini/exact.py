@@ -42,8 +42,8 @@ def _plan(responses: list, grammar: torch.Tensor):
     log π(y|x) = Σ_j log π(y_j | x, y_<j). A factor is free (log 1 = 0) where the grammar allows
     a single token; every other factor needs the logits after the prefix y_<j. Running each
     *longest* needed prefix once gives the logits after all of its own prefixes too.
-    Returns (runs, index): the prefixes to run, and for each response and position
-    (run, position, token, needed) as (Y, J) long/bool tensors."""
+    Returns (runs, index, use): the prefixes to run; index (Y, J, 3) long, the (run, position,
+    token) of each factor of each response; use (Y, J) bool, the factors that need a run."""
     L = len(grammar)
     single = grammar.sum(1) == 1
     needed = {tuple(y[:j]) for y in responses for j in range(len(y)) if not single[min(j, L - 1)]}

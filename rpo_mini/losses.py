@@ -173,9 +173,10 @@ def log_partition(rewards, prompt_ids, tau, estimator="mean", ref_logps=None, ex
     log K (equality when r_i dominates), and a lone sample's target is exactly 0. "loo" has
     neither pathology (its target is unbounded, and it refuses groups of one, which have no
     other samples). "ref" is a partial sum of Z's own terms, meant for distinct responses: where
-    samples repeat (a small response space), each copy counts again, and it overshoots by up to
-    log K when all K are the same. The continuous-quantile closed form log(tau (e^{1/tau} - 1)) is what
-    "uniform" tends to as K grows; at K = 8, tau = 0.3 it is 0.11 nats too low (0.50 at tau = 0.1).
+    samples repeat (a small response space), each copy counts again, and it overshoots by up
+    to log K when all K are the same. The continuous-quantile closed form
+    log(tau (e^{1/tau} - 1)) is what "uniform" tends to as K grows; at K = 8, tau = 0.3 it is
+    0.11 nats too low (0.50 at tau = 0.1).
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; valid: {', '.join(ESTIMATORS)}")

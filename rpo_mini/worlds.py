@@ -7,7 +7,9 @@ A world is generated from a seed in a fraction of a second, with no downloads an
                 others mostly panned: per-prompt reward distributions differ, which is where
                 per-prompt normalisation (RPO's log Z(x), DRO's V(x)) matters.
     arithmetic  "17+25=" -> "42". A controlled fraction of the corpus answers are wrong, more
-                often for hard prompts (carries, two-digit operands).
+                often for hard prompts (carries, two-digit operands). The exact world: a
+                response is 1 to 3 digits then end-of-text and nothing else can be written,
+                so all 1110 responses can be enumerated (`responses`, `response_grammar`).
 
 Text conventions (the tokenizer is a GPT-2-style byte-level BPE): lowercase ASCII; a reviews
 prompt has no trailing space and its response starts with a space, with words and punctuation
