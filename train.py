@@ -42,7 +42,10 @@ def run(cfg: Config, log=None) -> dict:
     tok = stages.tokenizer(ctx, world, cfg.tokenizer)
     model_cfg = stages.model_config(world, tok.value, cfg.model, cfg.collect.max_new_tokens)
     if cfg.collect.dataset:  # a user's dataset is checked before minutes of pretraining, not after
-        read_jsonl(cfg.collect.dataset, model_cfg.block_size, model_cfg.response_grammar)
+        lone = read_jsonl(cfg.collect.dataset, model_cfg.block_size, model_cfg.response_grammar).lone_prompts()
+        if lone and cfg.align.estimator == "loo" and "rpo" in objectives(cfg):
+            raise UserError(f"--estimator loo needs two or more responses per prompt, and {lone} prompt(s) "
+                            f"of --dataset {cfg.collect.dataset} have one: use another estimator or more data")
 
     # 3. The base model: next-token pretraining on the corpus. It is π_ref for everything below.
     base = stages.base_model(ctx, world, tok, model_cfg, cfg.pretrain, cfg.run.seed)

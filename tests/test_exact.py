@@ -435,3 +435,27 @@ def test_kto_scores_its_mismatched_pairs_under_the_grammar_too(arith, monkeypatc
     for model, key in ((a.policy, "pol"), (a.ref, "ref")):
         want = [naive_restricted_logp(model, data.prompt_tokens[i], data.response_tokens[j]) for i, j in pairs]
         assert seen[key] == pytest.approx(want, abs=1e-4), key
+
+
+def _run(tmp_path, *args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--quick", "--device", "cpu",
+                           "--out", str(tmp_path / "out"), *args], capture_output=True, text=True, timeout=600)
+
+
+def test_too_few_new_tokens_for_the_grammar_is_refused(tmp_path):
+    r = _run(tmp_path, "--world", "arithmetic", "--max_new_tokens", "2")
+    assert r.returncode == 2 and "--max_new_tokens 2 is too short for the arithmetic world" in r.stderr
+
+
+def test_leave_one_out_on_a_dataset_with_a_lone_response_is_refused_before_pretraining(tmp_path):
+    rec = {"prompt": "1+2=", "prompt_tokens": [49, 43, 50, 61], "rewards": {}, "ref_logp": 0.0, "fluent": True}
+    lines = [dict(rec, prompt_id=0, response="3", response_tokens=[51, 256], reward=1.0),
+             dict(rec, prompt_id=0, response="4", response_tokens=[52, 256], reward=0.0),
+             dict(rec, prompt_id=1, prompt="2+2=", prompt_tokens=[50, 43, 50, 61], response="4",
+                  response_tokens=[52, 256], reward=1.0)]
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    r = _run(tmp_path, "--world", "arithmetic", "--dataset", str(path), "--estimator", "loo")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "--estimator loo needs two or more responses per prompt, and 1 prompt(s)" in r.stderr
+    assert not any(f.startswith("base-") for f in os.listdir(tmp_path / "out" / "checkpoints"))
