@@ -68,7 +68,7 @@ def run(cfg: Config, log=None) -> dict:
     tau, exact_tau = stages.comparison_tau(data, align_cfg)
     oracle = stages.oracle(ctx, world, tok, base, test_prompts, reward, exact_tau) if ctx.dist.is_main else None
     train_oracle = None
-    if align_cfg.estimator == "exact":
+    if align_cfg.estimator == "exact" and "rpo" in objectives(cfg):
         prompts = sorted({r["prompt"] for r in data.value.records})
         train_oracle = stages.oracle(ctx, world, tok, base, prompts, reward, exact_tau)
     exact_of = (lambda m: oracle.measures(oracle.table(m, ctx.autocast))) if oracle else (lambda m: {})

@@ -1,9 +1,9 @@
 """A byte-level BPE trained on the world's corpus and wrapped in a real `tiktoken.Encoding`.
 
 Training (Sennrich et al. 2016; byte-level as in GPT-2): split text into words with the
-GPT-2 pattern (digits apart, see SPLIT_PATTERN), start from the 256 bytes, and repeatedly merge the most frequent adjacent
-pair. Pair counts are updated incrementally — only the words that contain the merged pair
-are touched — so a ~2k vocabulary trains in about a second.
+GPT-2 pattern (digits kept apart, see SPLIT_PATTERN), start from the 256 bytes, and repeatedly
+merge the most frequent adjacent pair. Pair counts are updated incrementally — only the words
+that contain the merged pair are touched — so a ~2k vocabulary trains in about a second.
 
 The result is saved as a `.tiktoken` rank file (`base64(token) rank` per line) and loaded
 back with `tiktoken.load.load_tiktoken_bpe`; tiktoken then does the fast encoding. Nothing
