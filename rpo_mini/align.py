@@ -19,11 +19,12 @@ import torch
 
 from . import losses, training
 from .data import Dataset, collate, collate_prompts, reward_stats
-from .model import GPT, ValueModel
-from .runtime import Dist
+from .model import GPT, PooledValueHead, ValueModel
+from .runtime import Dist, UserError
 from .sampling import response_logprobs
 
 KTO_VARIANTS = ("halos", "paper")  # reference point: mismatched pairs, clamped (TRL/HALOs) | matched batch
+DRO_VALUES = ("network", "shared")  # V(x): a value network of its own | a head on the policy's pooled states
 
 
 @dataclass
@@ -55,8 +56,13 @@ def _rpo_prepare(rewards, data, ref_logps, cfg, tau, exact_log_z):
     if cfg.estimator == "uniform":  # QRPO: quantile rewards make Z exact
         rewards = losses.quantile_rewards(rewards, data.prompt_ids)
     # The partition: computed once, here, over the whole dataset, and never again.
+    behavior = data.behavior_logps
+    if cfg.estimator == "iw" and behavior is None:
+        raise UserError('--estimator iw needs the log-probability of each response under the generator that '
+                        'wrote it ("behavior_logp"): off-policy data in the arithmetic world has it, on-policy '
+                        'data and the reviews world\'s off-policy generator do not')
     log_z = losses.log_partition(rewards, data.prompt_ids, tau, cfg.estimator, ref_logps=ref_logps.double(),
-                                 exact_log_z=exact_log_z)
+                                 exact_log_z=exact_log_z, behavior_logps=behavior)
     return {"rewards": rewards.float(), "log_z": log_z.float()}
 
 
@@ -67,8 +73,12 @@ def _rpo_loss(a, b):
 
 def _dro_loss(a, b):
     p_tokens, last = collate_prompts(b.prompts, a.eot)
+    p_tokens, last = p_tokens.to(a.device), last.to(a.device)
     with a.autocast():
-        values = a.forward["value"](p_tokens.to(a.device), last.to(a.device)).float()
+        if a.cfg.dro_value == "shared":  # the policy's own prompt states, gradient flowing into the policy
+            values = a.value(a.policy.hidden_states(p_tokens), last).float()
+        else:
+            values = a.forward["value"](p_tokens, last).float()
     return losses.dro_loss(b.logps, a.fixed["ref_logps"][b.idx], a.fixed["rewards"][b.idx], values, a.tau)
 
 
@@ -171,7 +181,10 @@ class Alignment:
         self.fixed = {k: v.to(self.device) if k != "index" else v for k, v in fixed.items()}
         self.modules = {"policy": self.policy}
         self.value = None
-        if self.objective.value_network:
+        if self.objective.value_network and cfg.dro_value == "shared":
+            self.value = PooledValueHead(base.config.n_embd).to(self.device)
+            self.modules["value"] = self.value.train()
+        elif self.objective.value_network:
             self.value = ValueModel(base.config).to(self.device)
             self.value.trunk.load_state_dict(base.state_dict())
             self.modules["value"] = self.value.train()
@@ -180,7 +193,7 @@ class Alignment:
         self.forward = {name: wrap(m) for name, m in self.modules.items()}
         self.loop = training.Loop(objective, self.modules, self.optimizer, cfg.steps, lr, cfg.warmup,
                                   cfg.grad_clip, history={"train": [], "probe": []},
-                                  save_every=cfg.checkpoint_every, dist=dist)
+                                  save_every=cfg.checkpoint_every, dist=dist, clip_separately=cfg.clip_separately)
 
     @property
     def history(self) -> dict:

@@ -1,7 +1,8 @@
 """Collection: sample K responses per training prompt from π_ref and score them.
 
 The records it returns are the single-trajectory dataset (one JSONL line each, see data.py):
-a prompt, one response, its reward and reward components, log π_ref of the response.
+a prompt, one response, its reward and reward components, log π_ref of the response, and for
+off-policy data from a generator whose probabilities the world knows, log μ of the response.
 """
 
 import contextlib
@@ -41,5 +42,7 @@ def collect(model, enc, world, cfg, seed: int, autocast=contextlib.nullcontext) 
         records.append({"prompt_id": i, "prompt": prompts[i], "response": text,
                         "prompt_tokens": p_tok, "response_tokens": r_tok,
                         "reward": scores[reward_name], "rewards": scores, "ref_logp": lp,
-                        "fluent": bool(text) and world.is_fluent(prompts[i], text)})
+                        "fluent": bool(text) and world.is_fluent(prompts[i], text)}
+                       | ({"behavior_logp": world.off_policy_logprob(prompts[i], text)}
+                          if cfg.off_policy and world.off_policy_logprob is not None else {}))
     return records

@@ -12,11 +12,11 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from .align import KTO_VARIANTS, OBJECTIVES
+from .align import DRO_VALUES, KTO_VARIANTS, OBJECTIVES
 from .losses import BINARIZE_THRESHOLDS, ESTIMATORS, SFT_MODES
 from .model import GPTConfig
 from .runtime import UserError
-from .worlds import WORLDS, WorldConfig
+from .worlds import WORLD_CLASSES, WORLDS, WorldConfig
 
 
 def _f(default, help, **kw):
@@ -74,6 +74,11 @@ class AlignConfig:
     rewards_zscore: bool = _f(True, "z-score rewards with the training set's mean and std")
     warmup: int = _f(10, "linear warm-up steps")
     grad_clip: float = _f(1.0, "gradient-norm clip (0 = off)")
+    clip_separately: bool = _f(False, "DRO: clip the policy's and the value's gradients each to grad_clip, "
+                                      "not jointly")
+    dro_value: str = _f("network", "DRO's V(x): a value network of its own (network) or a linear head on the "
+                                   "policy's mean-pooled prompt states, trained through the policy (shared: the "
+                                   "authors' code)", choices=DRO_VALUES)
     eval_every: int = _f(50, "steps between quick validation probes (reward, KL) during training")
     checkpoint_every: int = _f(50, "steps between training-state checkpoints (for --resume)")
 
@@ -231,6 +236,17 @@ def validate(cfg: Config) -> None:
                                ("eval", "eval_samples", 1)):
         if getattr(getattr(cfg, section), name) < low:
             raise UserError(f"--{name} must be at least {low}, got {getattr(getattr(cfg, section), name)}")
+    if a.estimator == "iw" and "rpo" in objs:
+        if not (c.off_policy or c.dataset):
+            raise UserError("--estimator iw reweights off-policy samples by π_ref/μ; on-policy data comes from "
+                            "π_ref itself (μ = π_ref, which is --estimator mean): add --off_policy or use another "
+                            "estimator")
+        if c.off_policy and not c.dataset and WORLD_CLASSES[cfg.world.name].off_policy_logprob is None:
+            raise UserError(f"--estimator iw needs μ(y|x) of the off-policy generator, which the {cfg.world.name} "
+                            "world does not know (the arithmetic world does): use another estimator")
+        if a.length_normalize:
+            raise UserError("--estimator iw weights whole responses by π_ref/μ: it needs summed log-probs, "
+                            "not --length_normalize")
     if cfg.collect.k == 1 and "rpo" in objs:
         # Refused rather than warned: with one response per prompt log Ẑ = r/τ, every RPO target
         # is exactly 0 and RPO would train on no signal at all.

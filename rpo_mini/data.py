@@ -4,6 +4,9 @@ One JSONL line per sample (prompt, one response, its reward):
   {"prompt_id", "prompt", "response", "prompt_tokens", "response_tokens", "reward",
    "rewards": {component: value}, "ref_logp", "fluent"}
 `response_tokens` end with end-of-text; `ref_logp` is log π_ref(response | prompt), summed.
+Optional: "behavior_logp", log μ(response | prompt) under the generator that wrote it, when that
+generator's probabilities are known (off-policy data in the arithmetic world); RPO's "iw"
+partition estimator needs it.
 """
 
 import json
@@ -35,6 +38,13 @@ class Dataset:
 
     def __len__(self):
         return len(self.records)
+
+    @property
+    def behavior_logps(self) -> torch.Tensor | None:
+        """(N,) float64 log μ(y|x) of the generator that wrote each response; None unless every record has it."""
+        if not self.records or not all("behavior_logp" in r for r in self.records):
+            return None
+        return torch.tensor([float(r["behavior_logp"]) for r in self.records], dtype=torch.float64)
 
     def lone_prompts(self) -> int:
         """Prompts with a single response: RPO's target for them is 0 (no reward signal)."""
@@ -80,6 +90,9 @@ def _check_record(r: dict, where: str, block_size: int | None, grammar: tuple = 
         raise DatasetError(f"{where}: missing field(s) {', '.join(missing)}")
     if not isinstance(r["reward"], (int, float)) or not math.isfinite(r["reward"]):
         raise DatasetError(f"{where}: reward {r['reward']!r} is not a finite number")
+    lp = r.get("behavior_logp", 0.0)
+    if isinstance(lp, bool) or not isinstance(lp, (int, float)) or not math.isfinite(lp) or lp > 0:
+        raise DatasetError(f"{where}: behavior_logp {r['behavior_logp']!r} is not a finite log-probability (≤ 0)")
     if not r["response_tokens"]:  # an end-of-text alone is a real (if terse) answer; nothing is not
         raise DatasetError(f"{where}: empty response (no tokens, not even end-of-text)")
     if not r["prompt_tokens"]:

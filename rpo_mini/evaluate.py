@@ -89,6 +89,9 @@ def summarize(s: dict, world, reward: str, baseline: dict | None = None) -> dict
     out = {}
     out["reward"], out["reward_ci"] = mean_ci(per_prompt(rewards))
     out["gold"], out["gold_ci"] = mean_ci(per_prompt(gold))
+    # fluency-gated gold: a sample that does not speak the world's language scores as a failure
+    gated = [g if ok else world.gold_floor for g, ok in zip(gold, s["fluent"])]
+    out["gated_gold"], out["gated_gold_ci"] = mean_ci(per_prompt(gated))
     out["kl"], out["kl_ci"] = mean_ci(per_prompt(s["log_ratio"]))  # E_π[log π − log π_ref]
     if baseline is not None:
         base = [sc[reward] for sc in baseline["scores"]]

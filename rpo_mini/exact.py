@@ -20,7 +20,9 @@ optimum. Every function takes tables and returns per-prompt tensors (N,) in floa
 every response through the model in batches, one run per distinct prefix.
 
 The frontier: π*_τ over a grid of τ traces {(KL(π*_τ‖π_ref), E_{π*_τ}[r])}, the most reward any
-policy can have at that KL from π_ref — the curve no method can beat.
+policy can have at that KL from π_ref — the curve no method can beat. `compare` measures one
+policy against it: the τ whose optimum spends the policy's own KL (`matched_tau`), the reward
+that optimum gets (the frontier at that KL) minus the policy's, and KL(π‖π*) there.
 """
 
 import contextlib
@@ -150,6 +152,48 @@ def frontier(ref_table, rewards, taus) -> list[dict]:
         points.append({"tau": float(tau), "reward": float(expected(opt, rewards).mean()),
                        "kl": float(kl(opt, ref_table).mean())})
     return points
+
+
+def matched_tau(ref_table, rewards, kl_target: float, lo: float = 1e-4, hi: float = 1e4, iters: int = 60) -> float:
+    """The τ at which the optimum spends a given KL: mean KL(π*_τ‖π_ref) = kl_target.
+
+    Why bisection works: each prompt's KL(π*_τ‖π_ref) falls as τ grows (from the reward's
+    maximiser at τ → 0 to π_ref itself at τ → ∞), so their mean does too. Bisection on log τ,
+    clamped to [lo, hi]."""
+    def spent(tau):
+        return float(kl(optimal_table(ref_table, rewards, tau), ref_table).mean())
+    a, b = torch.log(torch.tensor(lo, dtype=torch.float64)), torch.log(torch.tensor(hi, dtype=torch.float64))
+    for _ in range(iters):
+        mid = (a + b) / 2
+        if spent(float(mid.exp())) > kl_target:
+            a = mid  # too much KL: τ must grow
+        else:
+            b = mid
+    return float(((a + b) / 2).exp())
+
+
+def compare(oracle: "Oracle", table: torch.Tensor, own_tau: float | None = None) -> dict:
+    """One policy against the exact optimum, averaged over the oracle's prompts (raw reward units).
+
+    exact_reward, exact_gold, exact_kl   E_π[r], E_π[gold], KL(π‖π_ref)
+    matched_tau                          τ_m with KL(π*_{τ_m}‖π_ref) = KL(π‖π_ref) (a policy spending more
+                                         KL than any optimum gets the clamp, `matched_tau`'s lo)
+    frontier_gap                         E_{π*_{τ_m}}[r] − E_π[r] ≥ 0: reward left on the table at equal KL
+    kl_to_matched_optimum                KL(π‖π*_{τ_m})
+    regret, kl_to_own_optimum            at `own_tau` (the τ the policy trained with), when given:
+                                         J*_τ − J_τ(π) = τ KL(π‖π*_τ), and that KL"""
+    rewards = oracle.rewards
+    out = {"exact_reward": float(expected(table, rewards).mean()),
+           "exact_gold": float(expected(table, oracle.gold).mean()),
+           "exact_kl": float(kl(table, oracle.ref).mean())}
+    tau_m = matched_tau(oracle.ref, rewards, out["exact_kl"])
+    opt = optimal_table(oracle.ref, rewards, tau_m)
+    out |= {"matched_tau": tau_m, "frontier_gap": float(expected(opt, rewards).mean()) - out["exact_reward"],
+            "kl_to_matched_optimum": float(kl(table, opt).mean())}
+    if own_tau is not None:
+        out |= {"own_tau": own_tau, "regret": float(regret(table, oracle.ref, rewards, own_tau).mean()),
+                "kl_to_own_optimum": float(kl(table, optimal_table(oracle.ref, rewards, own_tau)).mean())}
+    return out
 
 
 # ---------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-ESTIMATORS = ("mean", "loo", "ref", "uniform", "exact")
+ESTIMATORS = ("mean", "loo", "ref", "iw", "uniform", "exact")
 BINARIZE_THRESHOLDS = ("global", "prompt")
 SFT_MODES = ("best", "all", "above_mean")
 
@@ -155,14 +155,19 @@ def sequence_logprobs(logits, tokens, response_mask, length_normalize=False, gra
 # RPO's partition estimate (computed once, before training)
 # ---------------------------------------------------------------------------------------
 
-def log_partition(rewards, prompt_ids, tau, estimator="mean", ref_logps=None, exact_log_z=None):
+def log_partition(rewards, prompt_ids, tau, estimator="mean", ref_logps=None, exact_log_z=None,
+                  behavior_logps=None):
     """log Z_hat(x_i) for every sample i, from the group I_x of samples sharing its prompt.
 
-    rewards (N,), prompt_ids (N,) integer, ref_logps (N,) for "ref", exact_log_z (N,) for "exact".
+    rewards (N,), prompt_ids (N,) integer, ref_logps (N,) for "ref" and "iw", behavior_logps (N,)
+    for "iw", exact_log_z (N,) for "exact".
     Returns (N,) float. With K = |I_x| and y_j ~ pi_ref:
       "mean":    log Z_hat = logsumexp_{j in I_x}(r_j / tau) - log K       (Monte Carlo, self-inclusive)
       "loo":     log Z_hat_i = logsumexp_{j in I_x, j != i}(r_j / tau) - log(K - 1)   (leave-one-out)
       "ref":     log Z_hat = logsumexp_{j in I_x}(ref_logps_j + r_j / tau)  (the authors' code)
+      "iw":      log Z_hat = logsumexp_{j in I_x}(ref_logps_j - behavior_logps_j + r_j / tau) - log K
+                 (importance-weighted, for samples y_j ~ mu drawn from a known generator mu:
+                 E_mu[pi_ref/mu e^{r/tau}] = Z, so it is "mean" corrected for off-policy data)
       "uniform": log Z = log mean_{i=0..K-1} exp(i / ((K - 1) tau))          (rewards are mid-rank
                  quantiles, see quantile_rewards: K tie-free samples take exactly the values
                  0, 1/(K-1), ..., 1, so this is exact, not estimated; K = 1 gives 0.5 / tau)
@@ -185,7 +190,11 @@ def log_partition(rewards, prompt_ids, tau, estimator="mean", ref_logps=None, ex
     if estimator == "exact" and exact_log_z is None:
         raise ValueError('estimator="exact" needs the enumerated log Z(x) of every prompt, which only an '
                          'exact world has (--world arithmetic)')
-    extra = {"ref_logps": ref_logps} if estimator == "ref" else {}
+    if estimator == "iw" and (ref_logps is None or behavior_logps is None):
+        raise ValueError('estimator="iw" needs ref_logps and behavior_logps (log mu of each response under the '
+                         'generator that wrote it)')
+    extra = {"ref_logps": ref_logps} if estimator in ("ref", "iw") else {}
+    extra |= {"behavior_logps": behavior_logps} if estimator == "iw" else {}
     extra |= {"exact_log_z": exact_log_z} if estimator == "exact" else {}
     tau = _validate(tau, rewards=rewards, prompt_ids=prompt_ids, **extra)
     rewards = _float(rewards)
@@ -205,10 +214,12 @@ def log_partition(rewards, prompt_ids, tau, estimator="mean", ref_logps=None, ex
         return torch.where(counts == 1, 0.5 / tau, log_z)[group]
 
     scaled = rewards / tau
-    if estimator == "ref":
+    if estimator in ("ref", "iw"):
         scaled = scaled + ref_logps.to(rewards.dtype)
+    if estimator == "iw":
+        scaled = scaled - behavior_logps.to(rewards.dtype)
     log_z = _group_logsumexp(scaled, group, len(counts))
-    if estimator == "mean":
+    if estimator in ("mean", "iw"):
         return (log_z - torch.log(counts.to(rewards.dtype)))[group]
     if estimator == "loo":
         if (counts == 1).any():

@@ -263,3 +263,21 @@ class ValueModel(nn.Module):
         """prompt_tokens (B, P) right-padded, last_index (B,) → values (B,)."""
         h = self.trunk.hidden_states(prompt_tokens)
         return self.head(h[torch.arange(h.size(0), device=h.device), last_index]).squeeze(-1)
+
+
+class PooledValueHead(nn.Module):
+    """DRO's value as the authors' code has it: a linear head on the mean of the *policy's* own
+    hidden states over the prompt tokens. No trunk of its own, so the value loss trains the
+    policy's trunk too (one optimizer, no stop-gradient). Starts at zero: V = 0 at init."""
+
+    def __init__(self, n_embd: int):
+        super().__init__()
+        self.head = nn.Linear(n_embd, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, hidden, last_index):
+        """hidden (B, P, C) of right-padded prompts, last_index (B,) → values (B,)."""
+        keep = (torch.arange(hidden.size(1), device=hidden.device) <= last_index[:, None]).to(hidden.dtype)
+        pooled = (hidden * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)
+        return self.head(pooled).squeeze(-1)

@@ -72,6 +72,17 @@ def clip_grads(params, max_norm: float) -> None:
         torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
 
 
+def clip_modules(modules: dict, max_norm: float, separate: bool) -> None:
+    """Clip the gradients of all modules jointly, or of each module on its own (`separate`).
+
+    Why it matters: with two modules (DRO's policy and value network) a joint clip lets the
+    value's gradient use up part of the policy's budget; clipped apart, each gets `max_norm`."""
+    groups = [list(m.parameters()) for m in modules.values()] if separate else \
+        [[p for m in modules.values() for p in m.parameters()]]
+    for params in groups:
+        clip_grads(params, max_norm)
+
+
 class Interrupted(Exception):
     """Ctrl-C during training: a checkpoint was saved; rerun with --resume to continue."""
 
@@ -127,16 +138,16 @@ class Loop:
                                                       before clipping)
 
     Around that it does what every loop here must: the learning-rate schedule, stopping on a
-    non-finite loss, clipping, the progress bar, saving resumable state every `save_every`
+    non-finite loss, clipping (all modules together, or each apart), the progress bar, saving resumable state every `save_every`
     steps and on Ctrl-C (then raising `Interrupted`, never half-applying a step)."""
 
     def __init__(self, name: str, modules: dict, optimizer, steps: int, peak_lr: float, warmup: int,
                  grad_clip: float, history=None, state_path: str | None = None, save_every: int = 0,
-                 dist: Dist = Dist()):
+                 dist: Dist = Dist(), clip_separately: bool = False):
         self.name, self.modules, self.optimizer = name, modules, optimizer
         self.steps, self.peak_lr, self.warmup, self.grad_clip = steps, peak_lr, warmup, grad_clip
+        self.clip_separately = clip_separately
         self.state_path, self.save_every, self.dist = state_path, save_every, dist
-        self.params = [p for m in modules.values() for p in m.parameters()]
         self.step = 0
         self.history = history  # whatever the caller records in after_step; saved with the state
 
@@ -163,7 +174,7 @@ class Loop:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 norms = {name: grad_norm(m.parameters()) for name, m in self.modules.items()}
-                clip_grads(self.params, self.grad_clip)
+                clip_modules(self.modules, self.grad_clip, self.clip_separately)
                 self.optimizer.step()
                 self.step += 1
                 after_step(self.step, info, norms, lr)

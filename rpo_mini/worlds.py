@@ -146,6 +146,8 @@ class World:
     name: str = ""
     default_reward: str = ""
     gold_reward: str = ""
+    gold_floor: float = 0.0        # the gold score of a failure: what a non-fluent sample counts as
+    off_policy_logprob = None      # (prompt, response) -> log μ(response | prompt) of the off-policy generator
 
     def __init__(self, cfg: WorldConfig, prompts: list[str]):
         self.cfg = cfg
@@ -219,6 +221,7 @@ class ReviewsWorld(World):
     name = "reviews"
     default_reward = "composite"
     gold_reward = "gold"
+    gold_floor = -1.0              # tanh's floor: as bad as the most negative non-toxic review
 
     def __init__(self, cfg: WorldConfig):
         rng = random.Random(f"reviews-priors-{cfg.seed}")
@@ -374,6 +377,17 @@ class ArithmeticWorld(World):
             if guess != a + b:
                 return str(guess)
 
+    def off_policy_logprob(self, prompt: str, response: str) -> float:
+        """log μ(response | prompt) of the off-policy generator (`sample_response(off_policy=True)`):
+        the sum with probability 1 − wrong_fraction, else one of the 2·max_operand other numbers
+        of 0..2·max_operand, uniformly; −inf for anything it never writes."""
+        a, b = R.operands(prompt)
+        if not self.is_fluent(prompt, response) or int(response) > 2 * self.cfg.max_operand:
+            return float("-inf")
+        p = 1.0 - self.cfg.wrong_fraction if int(response) == a + b else \
+            self.cfg.wrong_fraction / (2 * self.cfg.max_operand)
+        return math.log(p) if p > 0 else float("-inf")
+
     def rewards(self) -> dict[str, Callable[[str, str], float]]:
         return {"correct": R.correct, "partial": R.partial}
 
@@ -444,10 +458,11 @@ def _plausible_mistakes(a, b):
 # =============================================================================================
 
 
+WORLD_CLASSES = {"reviews": ReviewsWorld, "arithmetic": ArithmeticWorld}
+
+
 def make_world(cfg: WorldConfig) -> World:
     """Build the world named by cfg.name."""
-    if cfg.name == "reviews":
-        return ReviewsWorld(cfg)
-    if cfg.name == "arithmetic":
-        return ArithmeticWorld(cfg)
-    raise ValueError(f"unknown world {cfg.name!r}; valid worlds: {', '.join(WORLDS)}")
+    if cfg.name not in WORLD_CLASSES:
+        raise ValueError(f"unknown world {cfg.name!r}; valid worlds: {', '.join(WORLDS)}")
+    return WORLD_CLASSES[cfg.name](cfg)

@@ -264,3 +264,164 @@ def test_loop_run_in_pieces_equals_one_run(tiny):
     for p, q in zip(list(one.policy.parameters()) + list(one.value.parameters()),
                     list(two.policy.parameters()) + list(two.value.parameters())):
         assert torch.equal(p, q)
+
+
+# --- DRO with the authors' shared value head, clipping apart, RPO's "iw" estimator -----------------
+
+def naive_logp_with_grad(model, prompt, response):
+    """`naive_logp`, keeping the graph: Σ_t log π(y_t | x, y_<t), one unpadded sequence."""
+    lp = torch.log_softmax(model(torch.tensor([prompt + response]))[0].double(), -1)
+    return sum(lp[len(prompt) - 1 + t, tok] for t, tok in enumerate(response))
+
+
+def naive_dro_loss(a, idx, value_of, tau):
+    """0.5 · mean (ρ − (z − V(x)) / τ)², one sample at a time; value_of(prompt tokens) → V(x)."""
+    rz, d, terms = zscored(a.data), a.data, []
+    for i in idx.tolist():
+        rho = naive_logp_with_grad(a.policy, d.prompt_tokens[i], d.response_tokens[i]) \
+            - naive_logp(a.ref, d.prompt_tokens[i], d.response_tokens[i])
+        terms.append(0.5 * (rho - (rz[i] - value_of(d.prompt_tokens[i])) / tau) ** 2)
+    return sum(terms) / len(terms)
+
+
+def policy_grad(a, loss):
+    a.policy.zero_grad(set_to_none=True)
+    if a.value is not None:
+        a.value.zero_grad(set_to_none=True)
+    loss.backward()
+    return torch.cat([p.grad.flatten().double() for p in a.policy.parameters()])
+
+
+def test_dro_shared_value_is_a_head_on_the_policy_with_no_trunk_of_its_own(tiny):
+    from rpo_mini.model import PooledValueHead
+
+    a = make(tiny, "dro", dro_value="shared")
+    n_embd = a.policy.config.n_embd
+    assert isinstance(a.value, PooledValueHead) and a.modules["value"] is a.value
+    assert sum(p.numel() for p in a.value.parameters()) == n_embd + 1  # weight and bias, nothing else
+    assert not {id(p) for p in a.value.parameters()} & {id(p) for p in a.policy.parameters()}
+    # the optimizer trains the policy and the head: no second trunk anywhere
+    trained = {id(p) for g in a.optimizer.param_groups for p in g["params"]}
+    assert trained == {id(p) for p in a.policy.parameters()} | {id(p) for p in a.value.parameters()}
+    net = make(tiny, "dro")  # the default: a value network with its own trunk
+    assert sum(p.numel() for p in net.value.parameters()) > sum(p.numel() for p in a.policy.parameters())
+
+
+def test_dro_shared_value_reads_the_policy_s_mean_prompt_state_and_trains_the_policy_through_it(tiny):
+    """The loss and the policy's gradient against a naive recomputation: V(x) = head(mean of the
+    policy's hidden states over the unpadded prompt), the gradient flowing into the policy
+    through V as well. Without that path (V detached) the policy's gradient is different; with
+    DRO's own value network there is no such path."""
+    tau = 0.5
+    a = make(tiny, "dro", tau, dro_value="shared")
+    head = a.value.head
+
+    def shared_v(prompt, detach=False):
+        h = a.policy.hidden_states(torch.tensor([prompt]))[0].double().mean(0)
+        v = h @ head.weight[0].double() + head.bias[0].double()
+        return v.detach() if detach else v
+
+    loss, _ = a.loss(IDX)
+    want = naive_dro_loss(a, IDX, shared_v, tau)
+    assert loss.item() == pytest.approx(want.item(), rel=1e-4)
+    got_grad = policy_grad(a, loss)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())  # the head trains too
+    want_grad = policy_grad(a, naive_dro_loss(a, IDX, shared_v, tau))
+    assert (got_grad - want_grad).norm() < 1e-3 * want_grad.norm()
+    detached = policy_grad(a, naive_dro_loss(a, IDX, lambda p: shared_v(p, detach=True), tau))
+    assert (detached - want_grad).norm() > 0.05 * want_grad.norm()  # the value path really reaches the policy
+
+    # the separate value network: the policy's gradient is the value-detached one
+    net = make(tiny, "dro", tau)
+
+    def net_v(prompt):
+        with torch.no_grad():
+            h = net.value.trunk.hidden_states(torch.tensor([prompt]))[0, -1].double()
+            return h @ net.value.head.weight[0].double() + net.value.head.bias[0].double()
+
+    got_net = policy_grad(net, net.loss(IDX)[0])
+    want_net = policy_grad(net, naive_dro_loss(net, IDX, net_v, tau))
+    assert (got_net - want_net).norm() < 1e-3 * want_net.norm()
+
+
+@pytest.mark.parametrize("dro_value", ["network", "shared"])
+@pytest.mark.parametrize("separate", [False, True])
+def test_clip_separately_reaches_the_loop_and_clips_policy_and_value_apart(tiny, dro_value, separate):
+    """What the optimizer sees after a tiny clip: each module's gradient norm at the clip (apart),
+    or the two together at the clip (jointly)."""
+    st, base, data = tiny
+    cfg = dataclasses.replace(st.cfg.align, steps=1, grad_clip=1e-5, clip_separately=separate, dro_value=dro_value)
+    a = perturbed(Alignment("dro", base, data, cfg, lr=1e-3, tau=0.5, seed=0, eot=st.enc.eot_token))
+    assert a.loop.clip_separately is separate
+    seen = []
+    norm = lambda m: math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in m.parameters() if p.grad is not None))  # noqa: E731
+
+    class Recording(torch.optim.SGD):
+        def step(self, closure=None):
+            seen.append((norm(a.policy), norm(a.value)))
+            return super().step(closure)
+
+    a.loop.optimizer = Recording(list(a.policy.parameters()) + list(a.value.parameters()), lr=1e-3)
+    h = a.train(log=lambda *x: None)["train"][0]
+    assert h["grad_norm"] > 1e-3 and h["value_grad_norm"] > 1e-3  # both well above the clip before clipping
+    (pol, val), = seen
+    if separate:
+        assert (pol, val) == (pytest.approx(1e-5, rel=1e-3), pytest.approx(1e-5, rel=1e-3))
+    else:
+        assert math.hypot(pol, val) == pytest.approx(1e-5, rel=1e-3)
+        assert pol / val == pytest.approx(h["grad_norm"] / h["value_grad_norm"], rel=1e-3)  # one common factor
+
+
+def test_rpo_iw_estimator_weights_each_sample_by_reference_over_behavior(tiny):
+    """log Ẑ(x) = log (1/K) Σ_j exp(log π_ref(y_j|x) − behavior_logp_j + z_j/τ), by hand, with the
+    reference log-probs recomputed and each record's own behavior_logp."""
+    from rpo_mini.data import Dataset
+
+    st, base, data = tiny
+    records = [dict(r, behavior_logp=-0.5 - 0.37 * (i % 7)) for i, r in enumerate(data.records)]
+    with_mu = Dataset(data.prompt_tokens, data.response_tokens, data.prompt_ids, data.rewards, records)
+    tau = 1.0
+    cfg = dataclasses.replace(st.cfg.align, estimator="iw")
+    a = Alignment("rpo", base, with_mu, cfg, lr=1e-3, tau=tau, seed=0, eot=st.enc.eot_token)
+    rz, grp, d = zscored(with_mu), groups(with_mu), with_mu
+    ref = [naive_logp(a.ref, d.prompt_tokens[j], d.response_tokens[j]) for j in range(len(d))]
+    for i in IDX.tolist():
+        terms = [ref[j] - records[j]["behavior_logp"] + rz[j] / tau for j in grp[i]]
+        m = max(terms)
+        want = m + math.log(sum(math.exp(x - m) for x in terms) / len(terms))
+        assert a.fixed["log_z"][i].item() == pytest.approx(want, abs=1e-3)
+    # and the behavior log-probs really enter: with them all 0 it is another number
+    zero = Dataset(data.prompt_tokens, data.response_tokens, data.prompt_ids, data.rewards,
+                   [dict(r, behavior_logp=0.0) for r in data.records])
+    b = Alignment("rpo", base, zero, cfg, lr=1e-3, tau=tau, seed=0, eot=st.enc.eot_token)
+    assert (a.fixed["log_z"] - b.fixed["log_z"]).abs().min() > 0.1
+
+
+def test_rpo_iw_estimator_without_behavior_log_probs_is_refused(tiny):
+    from rpo_mini.runtime import UserError
+
+    st, base, data = tiny
+    assert data.behavior_logps is None  # on-policy data
+    cfg = dataclasses.replace(st.cfg.align, estimator="iw")
+    with pytest.raises(UserError, match="--estimator iw needs the log-probability.*behavior_logp"):
+        Alignment("rpo", base, data, cfg, lr=1e-3, tau=1.0, seed=0, eot=st.enc.eot_token)
+
+
+def test_config_refuses_the_iw_estimator_without_off_policy_data():
+    from rpo_mini.config import parse_config
+    from rpo_mini.runtime import UserError
+
+    with pytest.raises(UserError, match="--estimator iw reweights off-policy samples.*add --off_policy"):
+        parse_config(["--estimator", "iw"])
+    with pytest.raises(UserError, match="--estimator iw"):
+        parse_config(["--world", "arithmetic", "--estimator", "iw", "--objectives", "rpo,dro"])
+    assert parse_config(["--world", "arithmetic", "--estimator", "iw", "--off_policy"]).align.estimator == "iw"
+    assert parse_config(["--estimator", "iw", "--dataset", "d.jsonl"]).collect.dataset == "d.jsonl"  # its own data
+    # the reviews world's off-policy generator has no known μ; per-token means are no importance weights
+    with pytest.raises(UserError, match="the reviews world does not know"):
+        parse_config(["--estimator", "iw", "--off_policy"])
+    with pytest.raises(UserError, match="needs summed log-probs"):
+        parse_config(["--world", "arithmetic", "--estimator", "iw", "--off_policy", "--length_normalize"])
+    assert parse_config(["--estimator", "iw", "--objectives", "sft,dro"]).align.estimator == "iw"  # no RPO: moot
+    cfg = parse_config(["--dro_value", "shared", "--clip_separately"])
+    assert (cfg.align.dro_value, cfg.align.clip_separately) == ("shared", True)

@@ -89,3 +89,58 @@ def test_the_training_reward_is_the_chosen_component(tiny):
     assert all(r["reward"] == st.world.score(r["prompt"], r["response"])["sentiment"] for r in recs)
     with pytest.raises(ValueError, match="is not a reward of the reviews world"):
         collect(base, st.enc, st.world, dataclasses.replace(st.cfg.collect, reward="charm", n_prompts=1), seed=0)
+
+
+@pytest.fixture(scope="module")
+def arith(tmp_path_factory):
+    """A tiny arithmetic world, its tokenizer and an untrained base model (collection only needs
+    the model for log π_ref), and its on-policy dataset: about 3 s."""
+    from rpo_mini import stages
+    from rpo_mini.config import QUICK, Config, apply
+
+    cfg = apply(Config(), QUICK)
+    cfg.world.name = "arithmetic"
+    apply(cfg, {"world": {"corpus_size": 500, "arithmetic_prompts": 100},
+                "model": {"n_layer": 1, "n_embd": 16, "n_head": 2},
+                "pretrain": {"pretrain_steps": 0}, "collect": {"n_prompts": 6, "k": 8, "max_new_tokens": 4}})
+    cfg.run.out, cfg.run.device = str(tmp_path_factory.mktemp("arith-collect")), "cpu"
+    return stages.materials(cfg), cfg
+
+
+def test_off_policy_collection_in_the_arithmetic_world_records_the_generator_s_log_prob(arith, tmp_path):
+    """Every off-policy record carries behavior_logp = log μ(y|x): log(1 − wrong_fraction) for the
+    sum, log(wrong_fraction / (2·max_operand)) for any other answer (the generator's closed form),
+    equal to `world.off_policy_logprob`; it survives the JSONL round trip as a float64 tensor."""
+    import dataclasses
+    import math
+
+    from rpo_mini import rewards as R
+    from rpo_mini.data import read_jsonl
+
+    m, cfg = arith
+    world, enc = m.world, m.tok.value
+    recs = collect(m.base.value, enc, world, dataclasses.replace(cfg.collect, off_policy=True), seed=0)
+    assert len(recs) == 6 * 8
+    w, top = world.cfg.wrong_fraction, 2 * world.cfg.max_operand
+    for r in recs:
+        want = math.log(1 - w) if r["response"] == R.true_sum(r["prompt"]) else math.log(w / top)
+        assert r["behavior_logp"] == pytest.approx(want, rel=1e-12)
+        assert r["behavior_logp"] == world.off_policy_logprob(r["prompt"], r["response"])
+    assert {r["response"] == R.true_sum(r["prompt"]) for r in recs} == {True, False}  # both kinds occur
+    path = str(tmp_path / "off.jsonl")
+    write_jsonl(recs, path)
+    data = read_jsonl(path)
+    assert data.behavior_logps.dtype == torch.float64
+    assert data.behavior_logps.tolist() == [r["behavior_logp"] for r in recs]
+
+
+def test_on_policy_records_have_no_behavior_log_prob(arith, tiny):
+    m, _ = arith
+    assert all("behavior_logp" not in r for r in m.data.value.records)
+    assert m.data.value.behavior_logps is None
+    # the reviews world's off-policy generator has no known probabilities: none recorded there either
+    import dataclasses
+
+    st, base, _ = tiny
+    recs = collect(base, st.enc, st.world, dataclasses.replace(st.cfg.collect, off_policy=True, n_prompts=2), seed=0)
+    assert all("behavior_logp" not in r for r in recs)

@@ -45,6 +45,18 @@ def test_jsonl_round_trips_to_identical_tensors(tmp_path):
     assert data.prompt_ids.tolist() == [0, 0, 1, 1, 2, 2] and data.lone_prompts() == 0
 
 
+def test_behavior_logps_is_float64_when_every_record_has_one_and_none_otherwise(tmp_path):
+    values = [-0.25, 0.0, -3.5, -1e-3]  # 0.0 is a valid log-probability (μ(y|x) = 1)
+    path = str(tmp_path / "d.jsonl")
+    write_jsonl([record(prompt_id=i // 2, behavior_logp=v) for i, v in enumerate(values)], path)
+    got = read_jsonl(path).behavior_logps
+    assert got.dtype == torch.float64 and got.tolist() == values
+    write_jsonl([record(prompt_id=0, behavior_logp=-1.0), record(prompt_id=0)], path)  # one record lacks it
+    assert read_jsonl(path).behavior_logps is None
+    write_jsonl([record(), record()], path)
+    assert read_jsonl(path).behavior_logps is None
+
+
 def test_lone_prompts_are_counted(tmp_path):
     path = str(tmp_path / "d.jsonl")
     write_jsonl([record(prompt_id=0), record(prompt_id=0), record(prompt_id=1), record(prompt_id=2)], path)
@@ -57,6 +69,11 @@ def test_lone_prompts_are_counted(tmp_path):
     (lambda r: r.update(reward=float("inf")), "reward inf is not a finite number"),
     (lambda r: r.update(response_tokens=[]), "empty response"),
     (lambda r: r.update(response_tokens=list(range(30))), "longer than the model's context window of 16"),
+    (lambda r: r.update(behavior_logp=0.5), "behavior_logp 0.5 is not a finite log-probability"),
+    (lambda r: r.update(behavior_logp=float("nan")), "behavior_logp nan is not a finite log-probability"),
+    (lambda r: r.update(behavior_logp=float("-inf")), "behavior_logp -inf is not a finite log-probability"),
+    (lambda r: r.update(behavior_logp="-1.0"), "behavior_logp '-1.0' is not a finite log-probability"),
+    (lambda r: r.update(behavior_logp=None), "behavior_logp None is not a finite log-probability"),
 ])
 def test_bad_records_are_refused_with_the_line_named(tmp_path, change, message):
     bad = record()

@@ -28,7 +28,7 @@ def test_distinct_n_by_hand():
 
 
 def test_summarize_averages_per_prompt_and_counts_ties_as_half_wins():
-    world = SimpleNamespace(gold_reward="gold")
+    world = SimpleNamespace(gold_reward="gold", gold_floor=-5.0)
     sc = lambda r, tox=0.0: {"r": r, "gold": -r, "toxicity": tox}
     policy = {"n": 2, "texts": ["a b", "a b", "c", "d"], "fluent": [True, True, False, True],
               "scores": [sc(1.0), sc(3.0), sc(0.0, 1.0), sc(2.0)], "log_ratio": [0.5, 1.5, 0.0, 2.0]}
@@ -36,10 +36,37 @@ def test_summarize_averages_per_prompt_and_counts_ties_as_half_wins():
     m = summarize(policy, world, "r", ref)
     assert m["reward"] == (2.0 + 1.0) / 2  # prompt means 2 and 1
     assert m["gold"] == -1.5
+    assert m["gated_gold"] == ((-1.0 - 3.0) / 2 + (-5.0 - 2.0) / 2) / 2  # the non-fluent "c" scores -5
     assert m["kl"] == (1.0 + 1.0) / 2
     assert m["win_rate"] == (0.5 + 1.0 + 0.0 + 1.0) / 4  # tie, win, loss, win
     assert m["toxicity_rate"] == 0.25 and m["fluency"] == 0.75
     assert m["length"] == (2 + 2 + 1 + 1) / 4
+
+
+@pytest.mark.parametrize("name", ["reviews", "arithmetic"])
+def test_gated_gold_scores_a_non_fluent_sample_as_the_world_s_floor(name):
+    """2 prompts × 2 samples; the non-fluent sample's gold is replaced by the world's floor
+    (reviews −1, arithmetic 0) before the per-prompt means, by hand."""
+    from rpo_mini.worlds import WorldConfig, make_world
+
+    world = make_world(WorldConfig(name=name, corpus_size=10))
+    g = world.gold_reward
+    if name == "reviews":
+        gold, fluent = [0.5, 0.8, -0.2, 0.9], [True, False, True, True]
+        per_prompt = [(0.5 + -1.0) / 2, (-0.2 + 0.9) / 2]        # -0.25, 0.35
+    else:
+        gold, fluent = [1.0, 1.0, 0.0, 1.0], [False, True, True, False]
+        per_prompt = [(0.0 + 1.0) / 2, (0.0 + 0.0) / 2]          # 0.5, 0.0
+    s = {"prompts": ["p", "p", "q", "q"], "texts": ["a", "b", "c", "d"], "n": 2, "fluent": fluent,
+         "scores": [{world.default_reward: 0.0, g: x} for x in gold], "log_ratio": [0.0] * 4}
+    m = summarize(s, world, world.default_reward)
+    assert m["gated_gold"] == pytest.approx(sum(per_prompt) / 2, abs=1e-12)
+    # two prompt means: t(0.975, 1) · sd / √2 with sd = |difference| / √2
+    assert m["gated_gold_ci"] == pytest.approx(12.706 * abs(per_prompt[0] - per_prompt[1]) / 2, rel=1e-12)
+    assert m["gold"] == pytest.approx(sum(gold) / 4)                  # ungated gold is unchanged
+    assert m["gated_gold"] < m["gold"]
+    s["fluent"] = [True] * 4                                            # all fluent: the same as gold
+    assert summarize(s, world, world.default_reward)["gated_gold"] == pytest.approx(m["gold"])
 
 
 def test_the_kl_estimate_is_the_policy_minus_reference_log_prob_of_the_policy_samples(tiny):

@@ -203,6 +203,99 @@ def test_the_frontier_is_the_best_reward_at_its_kl():
             assert above["reward"] >= e - 1e-9
 
 
+# --- one policy against the exact optimum: matched τ and `compare` -------------------------------
+
+def hand_oracle(seed=0, n=3, y=4):
+    """A hand-made oracle: π_ref rows that logsumexp to 0, random rewards and gold (float64)."""
+    g = torch.Generator().manual_seed(seed)
+    ref = torch.log_softmax(torch.randn(n, y, generator=g, dtype=F64), -1)
+    rewards = torch.rand(n, y, generator=g, dtype=F64) * 2
+    gold = torch.rand(n, y, generator=g, dtype=F64)
+    return exact.Oracle(prompts=[f"p{i}" for i in range(n)], prompt_tokens=[[i] for i in range(n)],
+                        response_tokens=[[j, 0] for j in range(y)], eot=0, ref=ref, rewards=rewards, gold=gold,
+                        tau=1.0)
+
+
+def naive_log_optimum(o, tau):
+    """log π*_τ(y|x) = log π_ref(y|x) + r(x,y)/τ − log Σ_y' (...), by hand: a list of rows."""
+    rows = []
+    for x in range(len(o.prompts)):
+        s = [o.ref[x, y].item() + o.rewards[x, y].item() / tau for y in range(o.ref.size(1))]
+        m = max(s)  # shifted by the max: τ may be tiny
+        log_z = m + math.log(sum(math.exp(v - m) for v in s))
+        rows.append([v - log_z for v in s])
+    return rows
+
+
+def naive_optimum(o, tau):
+    """π*_τ(y|x) ∝ π_ref(y|x) e^{r(x,y)/τ}: a list of rows of probabilities."""
+    return [[math.exp(v) for v in row] for row in naive_log_optimum(o, tau)]
+
+
+def naive_kl(p_rows, q_log):
+    """mean over prompts of Σ_y p (log p − log q), p as probabilities, q as log-probabilities."""
+    return sum(sum(p * (math.log(p) - q_log[x][y]) for y, p in enumerate(row) if p > 0)
+               for x, row in enumerate(p_rows)) / len(p_rows)
+
+
+def naive_mean(p_rows, values):
+    return sum(sum(p * values[x][y] for y, p in enumerate(row)) for x, row in enumerate(p_rows)) / len(p_rows)
+
+
+@pytest.mark.parametrize("tau0", [0.05, 0.4, 3.0])
+def test_matched_tau_recovers_the_tau_whose_optimum_spends_the_target_kl(tau0):
+    o = hand_oracle()
+    target = naive_kl(naive_optimum(o, tau0), o.ref.tolist())
+    assert target > 1e-4
+    assert exact.matched_tau(o.ref, o.rewards, target) == pytest.approx(tau0, rel=1e-6)
+
+
+def test_compare_on_the_optimum_itself_finds_no_gap_no_kl_and_no_regret():
+    o, tau0 = hand_oracle(), 0.4
+    star = torch.tensor(naive_optimum(o, tau0), dtype=F64).log()
+    c = exact.compare(o, star, own_tau=tau0)
+    assert c["matched_tau"] == pytest.approx(tau0, rel=1e-6)
+    assert c["frontier_gap"] == pytest.approx(0.0, abs=1e-9)
+    assert c["kl_to_matched_optimum"] == pytest.approx(0.0, abs=1e-9)
+    assert c["regret"] == pytest.approx(0.0, abs=1e-9) and c["kl_to_own_optimum"] == pytest.approx(0.0, abs=1e-9)
+    # at another τ the same policy is not optimal: positive regret
+    assert exact.compare(o, star, own_tau=2.0)["regret"] > 1e-3
+    assert "regret" not in exact.compare(o, star)  # no own τ, no regret
+
+
+def test_compare_on_random_policies_against_naive_loops_and_the_frontier():
+    """For random policies: the exact reward, gold and KL by naive loops; no policy beats the
+    optimum at its own KL (frontier_gap ≥ 0), the gap recomputed from π* at the matched τ by hand;
+    and regret = own_tau · KL(π‖π*_own_tau)."""
+    o = hand_oracle(seed=1)
+    g = torch.Generator().manual_seed(2)
+    ref_rows, r_rows, gold_rows = o.ref.tolist(), o.rewards.tolist(), o.gold.tolist()
+    clamped = 0
+    for trial in range(25):
+        table = torch.log_softmax(2 * torch.randn(3, 4, generator=g, dtype=F64), -1)
+        pi = table.exp().tolist()
+        own = [0.1, 0.5, 2.0][trial % 3]
+        c = exact.compare(o, table, own_tau=own)
+        assert c["exact_reward"] == pytest.approx(naive_mean(pi, r_rows), rel=1e-12)
+        assert c["exact_gold"] == pytest.approx(naive_mean(pi, gold_rows), rel=1e-12)
+        assert c["exact_kl"] == pytest.approx(naive_kl(pi, ref_rows), rel=1e-9, abs=1e-12)
+        star = naive_optimum(o, c["matched_tau"])
+        if c["matched_tau"] > 1.001e-4:
+            assert naive_kl(star, ref_rows) == pytest.approx(c["exact_kl"], rel=1e-6, abs=1e-9)  # equal KL
+        else:  # more KL than any optimum spends (clamped at τ = 1e-4): π* is the reward's maximiser
+            clamped += 1
+            assert naive_kl(star, ref_rows) < c["exact_kl"]
+            assert naive_mean(star, r_rows) == pytest.approx(sum(map(max, r_rows)) / len(r_rows), rel=1e-9)
+        assert c["frontier_gap"] == pytest.approx(naive_mean(star, r_rows) - naive_mean(pi, r_rows), abs=1e-9)
+        assert c["frontier_gap"] >= -1e-9
+        log_star = naive_log_optimum(o, c["matched_tau"])
+        assert c["kl_to_matched_optimum"] == pytest.approx(naive_kl(pi, log_star), rel=1e-6, abs=1e-9)
+        own_star = naive_log_optimum(o, own)
+        assert c["kl_to_own_optimum"] == pytest.approx(naive_kl(pi, own_star), rel=1e-9, abs=1e-12)
+        assert c["regret"] == pytest.approx(own * c["kl_to_own_optimum"], rel=1e-9, abs=1e-12)
+    assert clamped < 25 // 5  # the interesting case, equal KL, is most of them
+
+
 # --- partition estimators against the exact log Z ----------------------------------------------
 
 def test_the_mean_estimator_approaches_the_exact_log_partition(arith):

@@ -150,6 +150,69 @@ def test_log_partition_matches_naive(estimator, tau):
     assert torch.allclose(got, t64(want), rtol=1e-12, atol=1e-12)
 
 
+def naive_iw_log_partition(rewards, ids, tau, ref, behavior):
+    """"iw" by hand: per group, log((1/K) Σ_j π_ref(y_j)/μ(y_j) e^{r_j/τ}), math.exp in float64."""
+    out = []
+    for i in range(len(rewards)):
+        group = [j for j in range(len(rewards)) if ids[j] == ids[i]]
+        s = sum(math.exp(rewards[j] / tau + ref[j] - behavior[j]) for j in group)
+        out.append(math.log(s / len(group)))
+    return out
+
+
+@pytest.mark.parametrize("tau", [0.3, 1.0, 5.0])
+def test_log_partition_iw_matches_a_naive_loop_over_groups_of_different_sizes(tau):
+    rewards, ids, ref = random_problem()  # groups of 3, 3, 1 and 1 samples
+    behavior = -torch.rand(len(IDS), generator=torch.Generator().manual_seed(2), dtype=F64) * 10
+    got = log_partition(rewards, ids, tau, "iw", ref_logps=ref, behavior_logps=behavior)
+    want = naive_iw_log_partition(rewards.tolist(), IDS, tau, ref.tolist(), behavior.tolist())
+    assert got.dtype == F64
+    assert torch.allclose(got, t64(want), rtol=1e-12, atol=1e-12)
+    # the weights really matter: neither "mean" nor "ref" gives these numbers
+    assert not torch.allclose(got, log_partition(rewards, ids, tau, "mean"), atol=1e-3)
+    assert not torch.allclose(got, log_partition(rewards, ids, tau, "ref", ref_logps=ref), atol=1e-3)
+
+
+def test_log_partition_iw_with_the_reference_as_generator_is_the_mean_estimator():
+    rewards, ids, ref = random_problem()
+    for tau in (0.2, 1.0, 4.0):
+        iw = log_partition(rewards, ids, tau, "iw", ref_logps=ref, behavior_logps=ref.clone())
+        assert torch.allclose(iw, log_partition(rewards, ids, tau, "mean"), rtol=1e-12, atol=1e-12)
+
+
+def test_log_partition_iw_is_an_unbiased_monte_carlo_estimate_of_z_under_the_generator():
+    """Two prompts, four responses each, samples drawn from a known μ ≠ π_ref: exp(log Ẑ) is the
+    sample mean of π_ref/μ e^{r/τ}, whose expectation under μ is Z = Σ_y π_ref(y) e^{r(y)/τ}. The
+    tolerance is 4 standard errors of that mean, from its exact variance under μ; the uncorrected
+    mean of e^{r/τ} over the same samples misses Z by many times that tolerance."""
+    tau, k = 0.5, 50000
+    problems = [  # (π_ref, μ, rewards) per prompt
+        ([0.4, 0.3, 0.2, 0.1], [0.15, 0.2, 0.3, 0.35], [1.0, 0.5, 0.0, -0.5]),
+        ([0.05, 0.15, 0.3, 0.5], [0.5, 0.25, 0.15, 0.1], [1.0, -1.0, 0.3, 0.2]),
+    ]
+    g = torch.Generator().manual_seed(11)
+    rewards, ids, ref, behavior, checks = [], [], [], [], []
+    for x, (pi_ref, mu, r) in enumerate(problems):
+        ys = torch.multinomial(torch.tensor(mu, dtype=F64), k, replacement=True, generator=g).tolist()
+        rewards += [r[y] for y in ys]
+        ref += [math.log(pi_ref[y]) for y in ys]
+        behavior += [math.log(mu[y]) for y in ys]
+        ids += [x] * k
+        z = sum(p * math.exp(v / tau) for p, v in zip(pi_ref, r))
+        w = [p / m * math.exp(v / tau) for p, m, v in zip(pi_ref, mu, r)]  # the weight of each response
+        var = sum(m * wi ** 2 for m, wi in zip(mu, w)) - z ** 2          # Var_μ[w], exactly
+        on_mu = sum(m * math.exp(v / tau) for m, v in zip(mu, r))       # what the uncorrected mean tends to
+        checks.append((z, 4 * math.sqrt(var / k), on_mu))
+    est = log_partition(t64(rewards), torch.tensor(ids), tau, "iw", ref_logps=t64(ref),
+                        behavior_logps=t64(behavior))
+    mean = log_partition(t64(rewards), torch.tensor(ids), tau, "mean")
+    for x, (z, tol, on_mu) in enumerate(checks):
+        assert abs(math.exp(est[x * k].item()) - z) < tol, (x, math.exp(est[x * k].item()), z, tol)
+        assert abs(on_mu - z) > 10 * tol                                   # the test bites
+        assert abs(math.exp(mean[x * k].item()) - z) > 5 * tol
+        assert tol < 0.05 * z                                              # and is tight
+
+
 @pytest.mark.parametrize("tau", [1e-3, 1e3])
 def test_log_partition_uniform_extreme_tau(tau):
     got = log_partition(torch.full((3,), 0.5, dtype=F64), torch.tensor([0, 0, 1]), tau, "uniform")
@@ -221,7 +284,15 @@ def test_group_sizes():
     (lambda: log_partition(t64([1.0, 2.0]), torch.tensor([0, 0]), 1.0, "ref", t64([0.0])),
      "shape mismatch"),
     (lambda: log_partition(t64([1.0, 2.0]), torch.tensor([0, 0]), 1.0, "median"),
-     "unknown estimator 'median'; valid: mean, loo, ref, uniform, exact"),
+     "unknown estimator 'median'; valid: mean, loo, ref, iw, uniform, exact"),
+    (lambda: log_partition(t64([1.0, 2.0]), torch.tensor([0, 0]), 1.0, "iw", t64([-1.0, -2.0])),
+     "needs ref_logps and behavior_logps"),
+    (lambda: log_partition(t64([1.0, 2.0]), torch.tensor([0, 0]), 1.0, "iw", behavior_logps=t64([-1.0, -2.0])),
+     "needs ref_logps and behavior_logps"),
+    (lambda: log_partition(t64([1.0, 2.0]), torch.tensor([0, 0]), 1.0, "iw", t64([-1.0, -2.0]), None, t64([-1.0])),
+     "shape mismatch"),
+    (lambda: log_partition(t64([1.0, 2.0]), torch.tensor([0, 0]), 1.0, "iw", t64([-1.0, -2.0]), None,
+                           t64([-1.0, -math.inf])), "non-finite behavior_logps"),
     (lambda: log_partition(t64([0.5, 2.0]), torch.tensor([0, 0]), 1.0, "uniform"), "quantile"),
     (lambda: log_partition(t64([]), torch.tensor([], dtype=torch.long), 1.0), "empty"),
 ])

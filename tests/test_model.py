@@ -191,3 +191,32 @@ def test_value_network_reads_the_last_prompt_token_and_starts_at_zero():
         for b, p in enumerate(prompts):  # each prompt alone, unpadded
             h = value.trunk.hidden_states(torch.tensor([p]))[0, -1]
             assert got[b].item() == pytest.approx((value.head.weight[0] @ h).item() + 0.5, abs=1e-5)
+
+
+def test_pooled_value_head_is_the_head_of_the_mean_prompt_state_and_ignores_padding():
+    """V(x) = head(mean of hidden[b, :last_index[b] + 1]): zero at init, then checked against a
+    float64 loop over each row's real positions; the padded positions may hold anything."""
+    from rpo_mini.model import PooledValueHead
+
+    g = torch.Generator().manual_seed(0)
+    B, P, C = 3, 6, 8
+    hidden = torch.randn(B, P, C, generator=g)
+    last = torch.tensor([5, 1, 3])  # prompts of 6, 2 and 4 tokens, right-padded to 6
+    head = PooledValueHead(C)
+    assert head(hidden, last).tolist() == [0.0, 0.0, 0.0]
+    assert [p.shape for p in head.parameters()] == [torch.Size([1, C]), torch.Size([1])]  # a head, nothing else
+    with torch.no_grad():
+        head.head.weight.copy_(torch.randn(1, C, generator=g))
+        head.head.bias.fill_(-0.7)
+    w, bias = head.head.weight[0].double().tolist(), -0.7
+    got = head(hidden, last)
+    for b in range(B):
+        n = int(last[b]) + 1
+        mean = [sum(float(hidden[b, t, c]) for t in range(n)) / n for c in range(C)]
+        assert got[b].item() == pytest.approx(sum(wc * mc for wc, mc in zip(w, mean)) + bias, abs=1e-5)
+    noisy = hidden.clone()
+    for b in range(B):
+        noisy[b, int(last[b]) + 1:] = 1e3 * torch.randn(P - int(last[b]) - 1, C, generator=g)
+    assert torch.equal(head(noisy, last), got)
+    noisy[1, 1] += 1.0  # a real position does count
+    assert head(noisy, last)[1].item() != pytest.approx(got[1].item(), abs=1e-4)

@@ -30,6 +30,59 @@ def test_clipping_scales_the_joint_norm_to_the_limit_and_leaves_small_gradients_
     assert training.grad_norm([a, b, c]).item() == pytest.approx(1.0)
 
 
+def _two_modules(grad_a, grad_b):
+    a, b = torch.nn.Module(), torch.nn.Module()
+    a.w = torch.nn.Parameter(torch.zeros(len(grad_a)))
+    b.v, b.u = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(len(grad_b) - 1))
+    a.w.grad, b.v.grad, b.u.grad = torch.tensor(grad_a), torch.tensor(grad_b[:1]), torch.tensor(grad_b[1:])
+    return a, b
+
+
+def _grads(m):
+    return [x for p in m.parameters() for x in p.grad.tolist()]
+
+
+def test_clip_modules_jointly_scales_both_by_one_factor_to_the_joint_limit():
+    a, b = _two_modules([3.0, 4.0], [0.0, 12.0, 0.0])  # norms 5 and 12, joint 13
+    training.clip_modules({"a": a, "b": b}, 1.0, separate=False)
+    assert _grads(a) == pytest.approx([3 / 13, 4 / 13], rel=1e-5)
+    assert _grads(b) == pytest.approx([0.0, 12 / 13, 0.0], rel=1e-5)
+    joint = math.sqrt(sum(x * x for m in (a, b) for x in _grads(m)))
+    assert joint == pytest.approx(1.0, rel=1e-5)
+    training.clip_modules({"a": a, "b": b}, 2.0, separate=False)  # within the limit: untouched
+    assert _grads(a) == pytest.approx([3 / 13, 4 / 13], rel=1e-5)
+
+
+def test_clip_modules_separately_gives_each_module_min_of_its_norm_and_the_limit():
+    a, b = _two_modules([3.0, 4.0], [0.0, 12.0, 0.0])  # norms 5 and 12
+    training.clip_modules({"a": a, "b": b}, 6.0, separate=True)
+    assert _grads(a) == [3.0, 4.0]                                    # 5 ≤ 6: untouched
+    assert _grads(b) == pytest.approx([0.0, 6.0, 0.0], rel=1e-5)      # 12 → 6
+    # jointly the same limit would have scaled both by 6 / 13
+    a, b = _two_modules([3.0, 4.0], [0.0, 12.0, 0.0])
+    training.clip_modules({"a": a, "b": b}, 6.0, separate=False)
+    assert _grads(a) == pytest.approx([18 / 13, 24 / 13], rel=1e-5)
+    a, b = _two_modules([3.0, 4.0], [0.0, 12.0, 0.0])
+    training.clip_modules({"a": a, "b": b}, 0.0, separate=True)       # 0 = off
+    assert _grads(a) == [3.0, 4.0] and _grads(b) == [0.0, 12.0, 0.0]
+
+
+@pytest.mark.parametrize("separate", [False, True])
+def test_the_loop_clips_its_modules_jointly_or_separately(separate):
+    """Gradients 10 on each of 4 weights (norm 20) and 100 on one (norm 100), clip 1, SGD at lr 1:
+    apart, each module moves by a step of norm 1; together both scale by 1 / √(20² + 100²)."""
+    a, b = torch.nn.Module(), torch.nn.Module()
+    a.w, b.v = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD(list(a.parameters()) + list(b.parameters()), lr=1.0)
+    loop = training.Loop("toy", {"a": a, "b": b}, opt, 1, 1.0, 1, 1.0, clip_separately=separate)
+    assert loop.clip_separately is separate
+    loop.run(lambda step: ((10 * a.w).sum() + (100 * b.v).sum(), {}), lambda *x: None)
+    scale = (1 / 20, 1 / 100) if separate else (1 / math.sqrt(20 ** 2 + 100 ** 2),) * 2
+    assert a.w.tolist() == pytest.approx([-10 * scale[0]] * 4, rel=1e-5)
+    assert b.v.tolist() == pytest.approx([-100 * scale[1]], rel=1e-5)
+    assert training.Loop("toy", {"a": a}, opt, 1, 1.0, 1, 1.0).clip_separately is False  # the default
+
+
 def test_optimizer_decays_matrices_only_with_the_documented_betas():
     lin = torch.nn.Linear(3, 2)
     opt = training.make_optimizer(lin.parameters(), 0.5, weight_decay=0.1)

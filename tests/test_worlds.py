@@ -1,5 +1,6 @@
 """The toy worlds: determinism, splits, text conventions, fluency, priors, speed."""
 
+import math
 import random
 import re
 import statistics
@@ -309,3 +310,50 @@ def test_arithmetic_rewards_through_the_world(arithmetic):
     assert arithmetic.score("17+25=", "41") == {"correct": 0.0, "partial": 0.5}
     # graded training reward, exact correctness as gold
     assert (arithmetic.default_reward, arithmetic.gold_reward) == ("partial", "correct")
+
+
+def test_arithmetic_off_policy_logprob_sums_to_one_over_every_writable_response(arithmetic):
+    """Σ_y μ(y|x) over the whole response space (`responses()`, all 1110 digit strings) is 1,
+    for easy and hard prompts and for the largest sum."""
+    prompts = arithmetic.train_prompts[:5] + [f"{arithmetic.cfg.max_operand}+{arithmetic.cfg.max_operand}=", "0+0="]
+    for prompt in prompts:
+        total = sum(math.exp(arithmetic.off_policy_logprob(prompt, y)) for y in arithmetic.responses())
+        assert total == pytest.approx(1.0, abs=1e-9), prompt
+
+
+def test_arithmetic_off_policy_logprob_matches_the_generator_s_frequencies(arithmetic):
+    """The empirical frequencies of `sample_response(off_policy=True)`: the correct answer about
+    1 − wrong_fraction of the time, each of the 2·max_operand wrong ones about equally often, each
+    within 4 binomial standard errors of exp(off_policy_logprob)."""
+    prompt, n = "17+25=", 40000
+    rng = random.Random(7)
+    counts = {}
+    for _ in range(n):
+        y = arithmetic.sample_response(prompt, rng, off_policy=True)
+        counts[y] = counts.get(y, 0) + 1
+    w, m = arithmetic.cfg.wrong_fraction, arithmetic.cfg.max_operand
+    assert set(counts) <= {str(v) for v in range(2 * m + 1)}  # nothing outside what μ covers
+    assert math.exp(arithmetic.off_policy_logprob(prompt, "42")) == pytest.approx(1 - w, rel=1e-12)
+    for y in ("42", "0", "41", "43", "7", "100", "198"):
+        p = math.exp(arithmetic.off_policy_logprob(prompt, y))
+        assert abs(counts.get(y, 0) / n - p) < 4 * math.sqrt(p * (1 - p) / n), (y, counts.get(y, 0) / n, p)
+    wrong = [counts.get(str(v), 0) / n for v in range(2 * m + 1) if v != 42]
+    assert len(wrong) == 2 * m and sum(wrong) == pytest.approx(w, abs=4 * math.sqrt(w * (1 - w) / n))
+
+
+def test_arithmetic_off_policy_logprob_of_what_it_never_writes_is_minus_inf(arithmetic):
+    m = arithmetic.cfg.max_operand
+    for y in ("07", "00", "042", str(2 * m + 1), "999"):  # not fluent, or beyond 0..2·max_operand
+        assert arithmetic.off_policy_logprob("17+25=", y) == -math.inf, y
+    assert arithmetic.off_policy_logprob("17+25=", str(2 * m)) == pytest.approx(
+        math.log(arithmetic.cfg.wrong_fraction / (2 * m)))
+
+
+def test_gold_floor_is_minus_one_for_reviews_and_zero_for_arithmetic(reviews, arithmetic):
+    assert reviews.gold_floor == -1.0 and arithmetic.gold_floor == 0.0
+    # reviews: tanh's floor, the gold of the most negative non-toxic review
+    assert R.gold("the cake at the cafe was", " awful .") > reviews.gold_floor
+    # the reviews' off-policy generator's probabilities are unknown; the arithmetic world's are not
+    assert reviews.off_policy_logprob is None and callable(arithmetic.off_policy_logprob)
+    # no fluent arithmetic answer scores below the floor (exactly correct: 1, else 0)
+    assert min(R.correct("17+25=", y) for y in arithmetic.responses() if arithmetic.is_fluent("17+25=", y)) == 0.0
