@@ -5,18 +5,26 @@ gives more aligned, more diverse and less toxic outputs, and optimises more stab
 because it has no value function. A consumer of the library (`rpo_mini`), which never imports
 it; one module per experiment, holding its grid, jobs, analysis, plot and tables:
 
-    frontier       reward–KL (and gold–KL) curve of each objective over its τ / β / lr grid
-    offpolicy      the same on off-policy data (responses from the world's other generator),
-                   with RPO's "ref" estimator (the authors' code) next to the "mean" one
-    k              responses per prompt K at a fixed number of samples: RPO's log Ẑ and DRO's
-                   V/τ against a many-sample estimate of log Z
-    heterogeneity  subject-prior strength of the world: RPO (per-prompt log Ẑ) vs RPO with one
-                   global baseline vs DRO
-    variance       gradient spread at fixed parameters (RPO vs DRO vs no baseline, at init /
-                   mid / end of training), loss and gradient-norm curves, divergence and
-                   collapse at larger learning rates
+    frontier       every objective over the same grid of learning rate × its own knob (reviews):
+                   upper envelopes, matched-KL comparisons, tuning on validation
+    optimum        the same in the exact world (arithmetic): each policy's exact regret, KL to
+                   π*_τ and gap to the exact optimal frontier
+    partition      K from 2 to 64 in the exact world: RPO's "mean", "loo", "ref" and "exact"
+                   partitions against DRO, and each log Ẑ(x) against the enumerated log Z(x)
+    value          DRO's V(x)/τ over alignment seeds vs the bootstrap spread of RPO's log Ẑ(x),
+                   both against the exact log Z(x)
+    offpolicy      frontier on data from the world's off-policy generator, with RPO's "ref"
+                   estimator (the authors' code) next to "mean"
+    exact_offpolicy  off-policy in the exact world, with the importance-weighted partition "iw"
+    heterogeneity  subject-prior strength of the reviews world: RPO (per-prompt log Ẑ) vs one
+                   global baseline vs DRO over a τ grid, at matched KL
+    exact_heterogeneity  the same in the exact world, where difficulty makes rewards depend on
+                   the prompt
+    variance       gradient spread and minibatch/full-batch agreement along RPO's and DRO's
+                   training, loss and gradient-norm curves, the learning-rate stress test
     cost           time per step and peak memory of each objective
-    paper          the `--preset paper` settings vs our defaults, same data
+    paper          the authors' settings (`--preset paper`) one factor at a time, and the
+                   authors' DRO (a value head on the policy)
 
 `runner.py` runs them (jobs, worker processes, saving), `stats.py` holds the small statistics,
 `tables.py` the markdown and plot helpers. From the repository root:
@@ -26,10 +34,9 @@ it; one module per experiment, holding its grid, jobs, analysis, plot and tables
     python -m experiments all --workers 8          # everything: one GPU, 16 CPU cores
     python -m experiments all --plan               # the job counts, nothing run
     python -m experiments writeup --out findings   # markdown tables from the JSON
-    python -m experiments all --quick              # a smoke test (~2.5 min, 2-core CPU)
+    python -m experiments all --quick              # a smoke test (minutes on a 2-core CPU)
 
-CPU fallback: `all --device cpu --fixed-data --seeds 0,1,2` (one base model per world instead of
-one per seed and world; see FINDINGS.md for the time estimates).
+FINDINGS.md names the command each result came from (each JSON's `rerun`), with its seeds.
 
 Each experiment writes `OUT/NAME.json` (settings, machine, date, per-seed raw values, means with
 95% intervals over seeds) and `OUT/NAME.png`, and prints its tables. Everything heavy goes
@@ -46,11 +53,12 @@ first, one job per base model, so that the training jobs only read them.
 """
 
 from .cost import COST
+from .exact_world import EXACT_HETEROGENEITY, EXACT_OFFPOLICY, OPTIMUM, PARTITION, VALUE
 from .frontier import FRONTIER, OFFPOLICY
 from .heterogeneity import HETEROGENEITY
-from .k import K
 from .paper import PAPER_PRESET
 from .variance import VARIANCE
 
 # Every experiment, in the order `all` runs them.
-EXPERIMENTS = {e.name: e for e in (FRONTIER, OFFPOLICY, K, HETEROGENEITY, VARIANCE, COST, PAPER_PRESET)}
+EXPERIMENTS = {e.name: e for e in (FRONTIER, OPTIMUM, PARTITION, VALUE, OFFPOLICY, EXACT_OFFPOLICY, HETEROGENEITY,
+                                   EXACT_HETEROGENEITY, VARIANCE, COST, PAPER_PRESET)}

@@ -1,64 +1,124 @@
-"""Paper: the authors' settings (`--preset paper`: per-token-mean log-probs, the "ref" estimator
-with τ = 5, matched-batch KTO with β = 1, lr 1e-4) against our defaults, on the same data.
+"""Paper: the authors' settings (`--preset paper`) against our defaults, one factor at a time.
+
+The preset changes five things at once (per-token-mean log-probs, the "ref" estimator, τ = 5,
+lr 1e-4, KTO's matched-batch reference point). Here RPO gets each of them alone on top of our
+defaults, plus K = 4 (closer to the authors' data) and the authors' schedule (one epoch, warmed
+up throughout), then all of the preset; DRO gets the authors' value (a head on the policy's
+pooled prompt states, `--dro_value shared`) and the preset; KTO the preset. Same data per seed.
+
+Also measured directly on the data: the mean log Ẑ(x) of the "ref" estimator (Σ_j π_ref(y_j|x)
+e^{r_j/τ}) at τ = 5 with per-token-mean and with summed log-probs, at K = 8 and K = 4: with
+per-token means π_ref(y|x) is a per-token probability (≈ e^{-1} to e^{-3}), so its K-term sum
+no longer behaves like a partition function, and every observed response is pushed by the same
+offset.
 """
 
-from rpo_mini.config import PAPER
+import torch
 
-from .runner import Experiment, run_jobs, train_job
+from rpo_mini import losses
+from rpo_mini.config import PAPER
+from rpo_mini.data import reward_stats
+from rpo_mini.evaluate import mean_ci
+from rpo_mini.sampling import response_logprobs
+
+from .runner import Experiment, Job, materials, run_jobs, train_job
 from .stats import make_rows, paired_difference
 from .tables import COLORS, ci_of, figure, mean_of, metric_table, pm, provenance, save, table
 
-GRID = {"full": {"objectives": ["sft", "kto", "dro", "rpo"]},
-        "quick": {"objectives": ["kto", "rpo"]}}
+# (label, variant, AlignConfig changes, CollectConfig changes)
+ARMS = {"full": [
+    ("rpo default", "rpo", {}, {}),
+    ("rpo + per-token means", "rpo", {"length_normalize": True}, {}),
+    ("rpo + ref estimator", "rpo", {"estimator": "ref"}, {}),
+    ("rpo + τ 5", "rpo", {"rpo_tau": 5.0}, {}),
+    ("rpo + lr 1e-4", "rpo", {"lr": 1e-4}, {}),
+    ("rpo + K 4", "rpo", {}, {"k": 4}),
+    ("rpo + one epoch, warm-up throughout", "rpo", {"steps": 50, "warmup": 50}, {}),
+    ("rpo paper preset", "rpo-paper", {}, {}),
+    ("dro default", "dro", {}, {}),
+    ("dro + shared value head", "dro-shared", {}, {}),
+    ("dro paper preset", "dro-paper", {}, {}),
+    ("kto default", "kto", {}, {}),
+    ("kto paper preset", "kto-paper", {}, {})],
+    "quick": [("rpo default", "rpo", {}, {}), ("rpo + ref estimator", "rpo", {"estimator": "ref"}, {}),
+              ("dro + shared value head", "dro-shared", {}, {})]}
 
 
-def run(ctx, g) -> dict:
-    objs = g["objectives"]
-    jobs = [train_job(ctx, v, s, row={"objective": o, "preset": p}) for o in objs
-            for p, v in (("default", o), ("paper", f"{o}-paper")) for s in ctx.seeds]
-    return {"grid": {"objectives": objs, "paper": PAPER["align"]}, "jobs": len(jobs),
-            "rows": make_rows(jobs, run_jobs(ctx, jobs))}
+def run(ctx, arms) -> dict:
+    jobs = [train_job(ctx, v, s, align, {"collect": collect} if collect else {}, row={"arm": label})
+            for label, v, align, collect in arms for s in ctx.seeds]
+    offsets = [Job(f"{__name__}:ref_offset", ctx.cfg(s, collect={"k": k}), s, "offset", params={"k": k})
+               for s in ctx.seeds for k in (8, 4)]
+    results = run_jobs(ctx, jobs + offsets)
+    per = {}
+    for job, res in zip(offsets, results[len(jobs):]):
+        per.setdefault(str(job.params["k"]), []).append(res)
+    return {"grid": {"arms": [a[0] for a in arms], "paper": PAPER["align"]}, "jobs": len(jobs) + len(offsets),
+            "rows": make_rows(jobs, results[:len(jobs)]), "ref_offset": per}
+
+
+def ref_offset(job) -> dict:
+    """Mean over samples of the "ref" estimator's log Ẑ(x) at τ = 5 on z-scored rewards, with
+    per-token-mean and with summed reference log-probs; and the "mean" estimator's, for scale."""
+    m = materials(job.cfg)
+    data, eot = m.data.value, m.enc.eot_token
+    shift, scale = reward_stats(data.rewards)
+    z = (data.rewards - shift) / scale
+    out = {"seed": job.seed}
+    for name, norm in (("per_token", True), ("summed", False)):
+        ref = response_logprobs(m.base.value, data.prompt_tokens, data.response_tokens, eot, norm,
+                                autocast=m.ctx.autocast).double()
+        out[f"ref_{name}"] = float(losses.log_partition(z, data.prompt_ids, 5.0, "ref", ref_logps=ref).mean())
+    out["mean"] = float(losses.log_partition(z, data.prompt_ids, 5.0, "mean").mean())
+    return out
 
 
 def paired(d) -> dict:
-    """paper − default per objective, paired by seed."""
+    """Each arm − its objective's default arm, paired by seed."""
+    rows = {r["arm"]: r for r in d["rows"]}
     diffs = {}
-    for o in d["grid"]["objectives"]:
-        by = {r["preset"]: r for r in d["rows"] if r["objective"] == o}
-        diffs[o] = {k: paired_difference(by["paper"]["per_seed"], by["default"]["per_seed"], k)
-                    for k in ("reward", "gold", "kl", "distinct_2", "fluency")}
-    return {"paper_minus_default": diffs}
+    for arm, r in rows.items():
+        base = rows.get(f"{arm.split()[0]} default")
+        if base is not None and base is not r:
+            diffs[arm] = {k: paired_difference(r["per_seed"], base["per_seed"], k)
+                          for k in ("reward", "gold", "gated_gold", "kl", "distinct_2", "fluency")}
+    offset = {k: {c: pm(*mean_ci([p[c] for p in per])) for c in per[0] if c not in ("seed", "seconds")}
+              for k, per in d["ref_offset"].items()}
+    return {"minus_default": diffs, "ref_offset_summary": offset}
 
 
 def plot(d, path):
-    fig, axes = figure(3, (12, 3.8))
-    objs = d["grid"]["objectives"]
-    for ax, metric in zip(axes, ("reward", "gold", "kl")):
-        for i, preset in enumerate(("default", "paper")):
-            rows = {r["objective"]: r for r in d["rows"] if r["preset"] == preset}
-            ax.bar([j + (i - 0.5) * 0.38 for j in range(len(objs))], [mean_of(rows[o], metric) for o in objs], 0.38,
-                   yerr=[ci_of(rows[o], metric) for o in objs], capsize=2, label=preset,
-                   color=[COLORS[o] for o in objs], alpha=1.0 if preset == "default" else 0.5,
-                   hatch=None if preset == "default" else "//")
-        ax.set_xticks(range(len(objs)), objs)
-        ax.set_ylabel(f"mean {metric} (test)" if metric != "kl" else "KL(π ‖ π_ref) (test)")
-        ax.legend(fontsize=8)
-    fig.suptitle(f"paper preset (hatched) vs defaults; mean ± 95% CI over {len(d['seeds'])} seeds")
+    fig, axes = figure(2, (13, 4.6))
+    arms = d["grid"]["arms"]
+    rows = {r["arm"]: r for r in d["rows"]}
+    colors = [COLORS.get(rows[a]["variant"].split("-")[0]) for a in arms]
+    for ax, metric in zip(axes, ("gold", "kl")):
+        ax.barh(range(len(arms)), [mean_of(rows[a], metric) for a in arms], xerr=[ci_of(rows[a], metric) for a in arms],
+                color=colors, capsize=2)
+        ax.set_yticks(range(len(arms)), arms, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"mean {metric} (test)" if metric != "kl" else "KL(π ‖ π_ref) (test)")
+        if metric == "kl":
+            ax.set_xscale("symlog", linthresh=1.0)
+    fig.suptitle(f"paper preset, one factor at a time; mean ± 95% CI over {len(d['seeds'])} seeds")
     save(fig, path)
 
 
 def markdown(d) -> str:
+    rows = {r["arm"]: r for r in d["rows"]}
     lines = []
-    for o in d["grid"]["objectives"]:
-        by = {r["preset"]: r for r in d["rows"] if r["objective"] == o}
-        pd = d["paper_minus_default"][o]
-        lines.append([o, *[pm(mean_of(by[p], m), ci_of(by[p], m)) for m in ("gold", "kl")
-                           for p in ("default", "paper")],
-                      pm(*pd["reward"]), pm(*pd["gold"]), pm(*pd["kl"]), pm(*pd["fluency"])])
+    for arm in d["grid"]["arms"]:
+        r, diff = rows[arm], d["minus_default"].get(arm, {})
+        lines.append([arm, *[pm(mean_of(r, m), ci_of(r, m)) for m in ("gold", "gated_gold")],
+                      pm(mean_of(r, "kl"), ci_of(r, "kl"), ".2f"), pm(mean_of(r, "fluency"), ci_of(r, "fluency"), ".3f"),
+                      *[pm(*diff[k]) if k in diff else "—" for k in ("gold", "kl", "fluency")]])
+    offs = [[k, *[v for v in e.values()]] for k, e in sorted(d["ref_offset_summary"].items())]
+    cols = list(next(iter(d["ref_offset_summary"].values())))
     return "\n".join([provenance(d), "", table(
-        ["objective", "gold default", "gold paper", "KL default", "KL paper", "Δreward", "Δgold", "ΔKL", "Δfluency"],
-        lines), "", "Δ = paper − default, paired by seed.", "", "All rows:", "",
-        metric_table(d["rows"], extra=("preset",))])
+        ["arm", "gold", "gated gold", "KL", "fluency", "Δgold", "ΔKL", "Δfluency"], lines), "",
+        "Δ = arm − its objective's default arm, paired by seed.", "",
+        "Mean log Ẑ(x) at τ = 5 (z-scored rewards) by estimator and reference log-prob (mean ± CI over seeds):", "",
+        table(["K", *cols], offs), "", "All rows:", "", metric_table(d["rows"], extra=("arm",))])
 
 
-PAPER_PRESET = Experiment("paper", GRID, run, plot, markdown, paired)
+PAPER_PRESET = Experiment("paper", ARMS, run, plot, markdown, paired)

@@ -26,33 +26,43 @@ from typing import Callable
 
 import torch
 
-from rpo_mini import checkpoint, runtime, stages
-from rpo_mini.config import PAPER, QUICK, CollectConfig, Config, apply, stage_key, to_dict
+from rpo_mini import checkpoint, exact, losses, runtime, stages
+from rpo_mini.align import prepare as align_prepare
+from rpo_mini.config import PAPER, QUICK, WORLD_DEFAULTS, CollectConfig, Config, apply, stage_key, to_dict
 from rpo_mini.data import collate_prompts
 from rpo_mini.evaluate import summarize
 from rpo_mini.files import strict, write_json
 from rpo_mini.model import ValueModel
+from rpo_mini.sampling import response_logprobs
 from rpo_mini.stages import Artifact
 from rpo_mini.worlds import make_world
 
 # A variant = an objective + alignment settings + how its data is presented.
 VARIANTS = {
     "sft": ("sft", {}), "kto": ("kto", {}), "dro": ("dro", {}), "rpo": ("rpo", {}),
-    "rpo-ref": ("rpo", {"estimator": "ref"}),  # the authors' estimator, Σ_j π_ref(y_j|x) e^{r_j/τ}
-    "rpo-global": ("rpo", {}),                 # one baseline for all prompts (prompt ids zeroed)
+    "rpo-loo": ("rpo", {"estimator": "loo"}),      # leave-one-out partition
+    "rpo-ref": ("rpo", {"estimator": "ref"}),      # the authors' estimator, Σ_j π_ref(y_j|x) e^{r_j/τ}
+    "rpo-iw": ("rpo", {"estimator": "iw"}),        # importance-weighted by π_ref/μ (off-policy, μ known)
+    "rpo-exact": ("rpo", {"estimator": "exact"}),  # the enumerated log Z(x) (exact world only)
+    "rpo-global": ("rpo", {}),                     # one baseline for all prompts (prompt ids zeroed)
+    "dro-joint": ("dro", {"clip_separately": False}),  # policy and value clipped together
+    "dro-shared": ("dro", {"dro_value": "shared"}),    # the authors' DRO: a value head on the policy
     **{f"{o}-paper": (o, PAPER["align"]) for o in ("sft", "kto", "dro", "rpo")},
 }
 
-# Changes to the defaults, for every experiment. Validation probes at steps 0, 75 and 150 (the
-# default 50 adds a fourth, unused). max_new_tokens 48 (default 40) sizes the model's context for
-# the off-policy generator's longer reviews (up to ~47 tokens with the prompt; collection cuts
-# longer ones), so that on- and off-policy data share one base model per seed.
-FULL = {"align": {"eval_every": 75}, "collect": {"max_new_tokens": 48}}
+# Changes to the defaults, for every experiment (the protocol of FINDINGS.md): DRO's policy and
+# value gradients clipped apart; no validation probe during training (the selection evaluates
+# each final policy on every validation prompt instead, `train`). Reviews: max_new_tokens 48
+# (default 40) sizes the model's context for the off-policy generator's longer reviews (up to
+# ~47 tokens with the prompt; collection cuts longer ones), so that on- and off-policy data
+# share one base model per seed.
+PROTOCOL = {"align": {"clip_separately": True, "eval_every": 10 ** 9}}
+FULL = {"reviews": {"collect": {"max_new_tokens": 48}}, "arithmetic": {}}
 # On top of config.QUICK: smaller still, so that `all --quick` runs in minutes on a 2-core CPU.
 QUICKER = {"pretrain": {"pretrain_steps": 100}, "collect": {"n_prompts": 32, "max_new_tokens": 48},
-           "align": {"steps": 12, "eval_every": 12}, "eval": {"eval_prompts": 12}}
+           "align": {"steps": 12}, "eval": {"eval_prompts": 12}}
 
-METRICS = ("reward", "gold", "kl", "win_rate", "distinct_1", "distinct_2", "toxicity_rate", "fluency", "length")
+METRICS = ("reward", "gold", "gated_gold", "kl", "win_rate", "distinct_1", "distinct_2", "toxicity_rate", "fluency", "length")
 
 
 @dataclass(frozen=True)
@@ -100,17 +110,22 @@ class Ctx:
             self._pool.join()
             self._pool = None
 
-    def base_cfg(self) -> Config:
-        cfg = apply(Config(), FULL)
+    def base_cfg(self, world_name: str = "reviews") -> Config:
+        """The defaults of the world (its own first, as train.py applies them), then the protocol."""
+        cfg = Config()
+        cfg.world.name = world_name
+        defaults = WORLD_DEFAULTS.get(world_name, {})
+        apply(apply(apply(cfg, defaults), FULL[world_name]), PROTOCOL)
         if self.quick:
             apply(apply(cfg, QUICK), QUICKER)
+            apply(cfg, {s: v for s, v in defaults.items() if s == "collect"})
             cfg.run.quick = True
         cfg.run.out, cfg.run.device = self.cache, self.device
         return cfg
 
-    def cfg(self, seed: int, **sections) -> Config:
-        """The config of one replicate: `sections` = {"align": {...}, "collect": {...}, ...}."""
-        cfg = apply(self.base_cfg(), sections)
+    def cfg(self, seed: int, world_name: str = "reviews", **sections) -> Config:
+        """The config of one replicate in one world: `sections` = {"align": {...}, "collect": {...}, ...}."""
+        cfg = apply(self.base_cfg(world_name), sections)
         cfg.run.seed = cfg.world.seed = self.seeds[0] if self.fixed_data else seed
         return cfg
 
@@ -130,12 +145,12 @@ class Job:
 
 
 def train_job(ctx, variant: str, seed: int, setting: dict | None = None, sections: dict | None = None,
-              **params) -> Job:
+              world: str = "reviews", **params) -> Job:
     """Train + evaluate one (variant, setting, seed): `setting` holds AlignConfig changes."""
     setting = setting or {}
     sections = copy.deepcopy(sections or {})
     sections["align"] = {**VARIANTS[variant][1], **sections.get("align", {}), **setting}
-    return Job(f"{__name__}:train", ctx.cfg(seed, **sections), seed, variant, setting, params)
+    return Job(f"{__name__}:train", ctx.cfg(seed, world, **sections), seed, variant, setting, params)
 
 
 def base_key(cfg: Config) -> str:
@@ -298,31 +313,82 @@ def prepare(job: Job) -> dict:
 
 
 def train(job: Job) -> dict:
-    """Align (cached), evaluate on the test prompts (cached) against the reference's samples."""
+    """Align (cached); evaluate on every validation prompt (what settings are chosen on) and on the
+    test prompts (what is reported), each against the reference's samples; in an exact world,
+    the exact measures on the test prompts too (`exact_measures`)."""
     m, cfg = materials(job.cfg), job.cfg
     objective, data = VARIANTS[job.variant][0], m.data
     if job.variant == "rpo-global":  # a data variant of its own key, so its policies are cached apart
         data = Artifact(global_baseline(data.value), stage_key(data.key, "global-baseline"), data.path)
-    n_probe = 8 if cfg.run.quick else 32  # validation prompts looked at during training
-    probe = stages.validation_probe(m.ctx, m.world, m.tok, m.base.value, m.world.val_prompts[:n_probe],
-                                    cfg.collect.max_new_tokens, m.reward, job.seed)
+    oracle = None
+    if cfg.align.estimator == "exact" and objective == "rpo":  # log Z(x) on the training prompts
+        oracle = stages.oracle(m.ctx, m.world, m.tok, m.base, sorted({r["prompt"] for r in data.value.records}),
+                               m.reward, 1.0)
     try:
-        policy, history = stages.policy(m.ctx, objective, job.seed, m.base, data, cfg.align, m.tok, m.world, probe)
+        policy, history = stages.policy(m.ctx, objective, job.seed, m.base, data, cfg.align, m.tok, m.world,
+                                        oracle=oracle)
     except FloatingPointError as e:  # a non-finite loss: alignment refuses to train on
         return {"seed": job.seed, "diverged": True, "error": str(e)}
+    n_new = cfg.collect.max_new_tokens
     ref_s = m.reference_samples(job.seed)
-    s = stages.evaluate(m.ctx, objective, policy, m.base.value, job.seed, m.world, m.tok, cfg.eval,
-                        cfg.collect.max_new_tokens)
+    s = stages.evaluate(m.ctx, objective, policy, m.base.value, job.seed, m.world, m.tok, cfg.eval, n_new)
     got, ref = summarize(s, m.world, m.reward, ref_s), summarize(ref_s, m.world, m.reward)
+    val = summarize(stages.evaluate(m.ctx, f"{objective}-val", policy, m.base.value, job.seed, m.world, m.tok,
+                                    cfg.eval, n_new, prompts=m.world.val_prompts), m.world, m.reward)
     out = {"seed": job.seed, "diverged": False, **{k: got[k] for k in METRICS if k in got},
            **{f"ref_{k}": ref[k] for k in METRICS if k in ref and k not in ("kl", "win_rate")},
+           **{f"val_{k}": val[k] for k in VAL_METRICS},
            "final_loss": history["train"][-1]["loss"], "train_seconds": history.get("seconds", 0.0)}
-    if history["probe"]:
-        out |= {f"val_{k}": v for k, v in history["probe"][-1].items() if k != "step"}
-        out["path"] = [[p["step"], p["kl"], p["reward"], p["gold"]] for p in history["probe"]]
-    if job.params.get("values"):  # DRO: its value network's V(x)/τ on the training prompts
+    if m.world.responses() is not None:
+        out |= exact_measures(m, policy.value, stages.comparison_tau(data, cfg.align)[1]
+                              if VARIANTS[job.variant][0] in ("rpo", "dro") else None)
+    if job.params.get("values") and cfg.align.dro_value == "network":  # DRO: V(x)/τ on the training prompts
         out["values"] = dro_values(m, policy.path, cfg.align.tau_for("dro"))
+    if job.params.get("inflation"):
+        out |= inflation(m, data.value, policy.value, objective, cfg.align, out.get("values"))
     return out
+
+
+def inflation(m: JobMaterials, data, policy, objective: str, cfg, values=None) -> dict:
+    """How much total mass the objective's targets ask the observed responses of each prompt to
+    gain, and how much the trained policy gave them: mean over samples of
+    log (1/K) Σ_{j in I_x} e^{t_j} for the targets t (RPO: r/τ − log Ẑ(x); DRO: (r − V(x))/τ,
+    `values` = V(x)/τ per training prompt) and for the policy's log-ratios on those responses."""
+    eot = m.enc.eot_token
+    ref = response_logprobs(m.base.value, data.prompt_tokens, data.response_tokens, eot, cfg.length_normalize,
+                            autocast=m.ctx.autocast).double()
+    pol = response_logprobs(policy, data.prompt_tokens, data.response_tokens, eot, cfg.length_normalize,
+                            autocast=m.ctx.autocast).double()
+    tau = cfg.tau_for(objective)
+    fixed = align_prepare(objective if objective == "rpo" else "dro", data, ref.float(), cfg, tau)
+    z = fixed["rewards"].double()
+    if objective == "rpo":
+        targets = z / tau - fixed["log_z"].double()
+    else:
+        targets = z / tau - torch.tensor(values, dtype=torch.float64)[data.prompt_ids]
+
+    def mass(t):
+        return float(losses.log_partition(t, data.prompt_ids, 1.0, "mean").mean())
+    return {"target_inflation": mass(targets), "fit_inflation": mass(pol - ref)}
+
+
+VAL_METRICS = ("reward", "gold", "gated_gold", "kl", "fluency")
+_ORACLES = {}  # per process: base key → the exact world's oracle on the test prompts
+
+
+def test_oracle(m: JobMaterials):
+    """The oracle (π_ref's and the rewards' tables) on the evaluated test prompts, once per base model."""
+    key = (m.base.key, m.reward)
+    if key not in _ORACLES:
+        prompts = m.world.test_prompts[:m.cfg.eval.eval_prompts or None]
+        _ORACLES[key] = stages.oracle(m.ctx, m.world, m.tok, m.base, prompts, m.reward, 1.0)
+    return _ORACLES[key]
+
+
+def exact_measures(m: JobMaterials, policy, own_tau: float | None) -> dict:
+    """The exact measures of one policy on the test prompts (`exact.compare`), at the τ whose optimum
+    has the policy's KL and, for RPO and DRO, at the τ they trained with (raw reward units)."""
+    return exact.compare(test_oracle(m), test_oracle(m).table(policy, m.ctx.autocast), own_tau)
 
 
 def global_baseline(data):

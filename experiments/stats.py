@@ -15,7 +15,8 @@ from rpo_mini.evaluate import MIN_FLUENCY, mean_ci, over_seeds
 KL_THRESHOLDS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, None)  # nats per response; None = no limit
 
 # How a setting's fields read in a label: "τ=0.3", "lr=0.0003", "prior=1".
-SYMBOLS = {"sft_lr": "lr", "lr": "lr", "beta": "β", "rpo_tau": "τ", "dro_tau": "τ", "prior_strength": "prior"}
+SYMBOLS = {"sft_lr": "lr", "lr": "lr", "beta": "β", "rpo_tau": "τ", "dro_tau": "τ", "prior_strength": "prior",
+           "sft_mode": "mode"}
 
 
 def number(x) -> float:
@@ -24,7 +25,8 @@ def number(x) -> float:
 
 
 def setting_label(variant: str, setting: dict) -> str:
-    return " ".join(f"{SYMBOLS.get(k, k)}={v:g}" for k, v in setting.items()) or variant
+    return " ".join(f"{SYMBOLS.get(k, k)}={v:g}" if isinstance(v, (int, float)) else f"{SYMBOLS.get(k, k)}={v}"
+                    for k, v in setting.items()) or variant
 
 
 def make_rows(jobs: list, results: list) -> list:
@@ -57,6 +59,63 @@ def pareto_front(points: list) -> list:
     """points: (kl, value) → for each, True when no other point has kl ≤ and value ≥ with one
     of them strict (lower KL and higher value are both better)."""
     return [not any(k2 <= k and v2 >= v and (k2 < k or v2 > v) for k2, v2 in points) for k, v in points]
+
+
+def front_value_at(points: list, t: float) -> float | None:
+    """points: (kl, value) of one objective's settings in one replicate → the value of their upper
+    envelope at KL = t, read off the Pareto front (the points no other beats on both) by linear
+    interpolation between the two front points around t; None outside the front's KL range
+    (never extrapolated)."""
+    front = sorted(p for p, on in zip(points, pareto_front(points)) if on)
+    if not front or not front[0][0] <= t <= front[-1][0]:
+        return None
+    for (k0, v0), (k1, v1) in zip(front, front[1:]):
+        if k0 <= t <= k1:
+            return v0 if k1 == k0 else v0 + (v1 - v0) * (t - k0) / (k1 - k0)
+    return front[0][1]  # a front of one point, at exactly t
+
+
+def per_seed_points(rows: list, variant: str, metric: str) -> dict:
+    """{seed: [(kl, metric) of each setting]} of one variant's rows (diverged runs left out)."""
+    out = {}
+    for r in rows:
+        if r["variant"] == variant:
+            for res in r["per_seed"]:
+                if not res.get("diverged") and all(math.isfinite(number(res.get(k))) for k in ("kl", metric)):
+                    out.setdefault(res["seed"], []).append((res["kl"], res[metric]))
+    return out
+
+
+def matched_kl(rows: list, variants: list, metric: str, targets, against: str = "rpo") -> list:
+    """At each target KL t: every variant's upper-envelope `metric` (`front_value_at`) per seed, its
+    mean ± interval over the seeds where t lies inside that seed's front, and the difference
+    variant − `against`, paired by seed over the seeds where both are defined."""
+    pts = {v: per_seed_points(rows, v, metric) for v in variants}
+    out = []
+    for t in targets:
+        at = {v: {s: front_value_at(p, t) for s, p in pts[v].items()} for v in variants}
+        at = {v: {s: x for s, x in d.items() if x is not None} for v, d in at.items()}
+        entry = {"kl": t, "value": {v: [*mean_ci(d.values()), len(d)] for v, d in at.items()}}
+        if against in at:
+            entry["minus_" + against] = {
+                v: [*mean_ci([d[s] - at[against][s] for s in d if s in at[against]]),
+                    sum(s in at[against] for s in d)] for v, d in at.items() if v != against}
+        out.append(entry)
+    return out
+
+
+def select_per_seed(rows: list, key: str = "val_gated_gold") -> dict:
+    """Per variant and seed, the setting with the highest validation `key` (each replicate tunes
+    on its own validation prompts; the test prompts stay untouched): {variant: {seed: (label, result)}}."""
+    chosen = {}
+    for r in rows:
+        for res in r["per_seed"]:
+            if res.get("diverged") or not math.isfinite(number(res.get(key))):
+                continue
+            best = chosen.setdefault(r["variant"], {}).get(res["seed"])
+            if best is None or res[key] > best[1][key]:
+                chosen[r["variant"]][res["seed"]] = (r["label"], res)
+    return chosen
 
 
 def paired_difference(a: list, b: list, key: str) -> tuple[float, float]:

@@ -3,10 +3,15 @@
     spread   along RPO's and DRO's training, at init, mid-training and the end, the spread of
              the policy gradient over random minibatches at those fixed parameters, for
              several baselines on the SAME minibatches: rpo (τ log Ẑ(x)), none (0: target
-             r/τ) and, on DRO's trajectory, dro (its V_φ(x))
+             r/τ) and, on DRO's trajectory, dro (its V_φ(x)). At fixed parameters a learned
+             value adds no estimation noise, so this cannot show the paper's claim; it is
+             kept with its scale-free form (trace Cov / ‖mean gradient‖²) next to:
+    agreement  each method on its own trajectory: the cosine between each minibatch gradient
+             and the full-batch gradient (every training sample) at the same parameters
     curves   training loss and gradient norm of every step, mean ± CI over seeds
     stress   RPO and DRO at larger learning rates: how often a run diverges (non-finite loss)
-             or collapses (test fluency below COLLAPSE)
+             or collapses (test fluency below COLLAPSE), and why RPO's KL barely moves: the
+             mass its targets ask for on the observed responses (`inflation`)
 """
 
 import torch
@@ -26,7 +31,8 @@ COLLAPSE = 0.5  # a run whose test fluency ends below this counts as collapsed
 def run(ctx, g) -> dict:
     traj = [Job(f"{__name__}:trajectory", ctx.cfg(s), s, v, params={"batches": g["batches"]}) for v in ("rpo", "dro")
             for s in ctx.seeds]
-    lr_jobs = [train_job(ctx, v, s, {"lr": lr}) for v in ("rpo", "dro") for lr in g["lrs"] for s in ctx.seeds]
+    lr_jobs = [train_job(ctx, v, s, {"lr": lr}, values=v == "dro", inflation=True) for v in ("rpo", "dro")
+               for lr in g["lrs"] for s in ctx.seeds]
     results = run_jobs(ctx, traj + lr_jobs)
     tr, lr_res = results[:len(traj)], results[len(traj):]
     spread = {}
@@ -35,7 +41,8 @@ def run(ctx, g) -> dict:
             spread.setdefault((job.variant, p["step"], p["estimator"]), []).append({"seed": job.seed, **p})
     points = []
     for (v, step, est), per in spread.items():
-        mean, ci = over_seeds(per, ["trace_cov", "mean_grad_sq", "noise_to_signal"])
+        mean, ci = over_seeds(per, [k for k in ("trace_cov", "mean_grad_sq", "noise_to_signal", "cosine_to_full")
+                                    if k in per[0]])
         points.append({"trajectory": v, "step": step, "estimator": est, "mean": mean, "ci": ci, "per_seed": per})
     curves = {}
     for v in ("rpo", "dro"):
@@ -76,7 +83,8 @@ def trajectory(job) -> dict:
         r.policy.load_state_dict(snap["policy"])
         for est, (alignment, fixed) in baselines.items():
             alignment.fixed = fixed
-            stats = minibatch_gradient_stats(alignment, job.params["batches"], seed=job.seed)
+            full = full_batch_gradient(alignment) if est == obj else None
+            stats = minibatch_gradient_stats(alignment, job.params["batches"], seed=job.seed, full=full)
             points.append({"step": step, "estimator": est, **stats})
         r.fixed = rpo_fixed
     history = a.history["train"]
@@ -84,24 +92,45 @@ def trajectory(job) -> dict:
             "grad_norm": [h["grad_norm"] for h in history]}
 
 
-def minibatch_gradient_stats(a: Alignment, n_batches: int, seed: int = 0) -> dict:
+def _policy_gradient(a: Alignment, idx: torch.Tensor) -> torch.Tensor:
+    """The gradient of the alignment's loss on the samples `idx` w.r.t. the policy's parameters,
+    flattened (float64); no gradient is left behind."""
+    for mod in a.modules.values():
+        mod.zero_grad(set_to_none=True)
+    loss, _ = a.loss(idx)
+    loss.backward()
+    grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten().double()
+                      for p in a.policy.parameters() if p.requires_grad])
+    for mod in a.modules.values():
+        mod.zero_grad(set_to_none=True)
+    return grad
+
+
+def full_batch_gradient(a: Alignment) -> torch.Tensor:
+    """The gradient of the mean loss over every training sample (minibatch-sized chunks, weighted
+    by their size: every loss here is a mean over its batch)."""
+    index = a.fixed["index"]
+    total = None
+    for s in range(0, len(index), a.cfg.batch_size):
+        idx = index[s:s + a.cfg.batch_size]
+        g = _policy_gradient(a, idx) * len(idx)
+        total = g if total is None else total + g
+    return total / len(index)
+
+
+def minibatch_gradient_stats(a: Alignment, n_batches: int, seed: int = 0, full: torch.Tensor | None = None) -> dict:
     """The policy gradient of the alignment's loss (`a.loss`, its objective and `a.fixed`) on
     n_batches random minibatches of its batch size, drawn with `seed` (the same minibatches for
     every call with the same seed and dataset), at the current parameters; their spread by
-    `GradientSpread`. Only the policy's parameters count; no gradient is left behind."""
-    params = [p for p in a.policy.parameters() if p.requires_grad]
+    `GradientSpread`; with `full` (the full-batch gradient), each one's cosine to it."""
     g = torch.Generator().manual_seed(seed * 7 + 11)
-    index, spread = a.fixed["index"], GradientSpread()
+    index, spread, cosines = a.fixed["index"], GradientSpread(), []
     for _ in range(n_batches):
-        idx = index[torch.randperm(len(index), generator=g)[:a.cfg.batch_size]]
-        for mod in a.modules.values():
-            mod.zero_grad(set_to_none=True)
-        loss, _ = a.loss(idx)
-        loss.backward()
-        spread.add(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]))
-    for mod in a.modules.values():
-        mod.zero_grad(set_to_none=True)
-    return spread.stats()
+        grad = _policy_gradient(a, index[torch.randperm(len(index), generator=g)[:a.cfg.batch_size]])
+        spread.add(grad)
+        if full is not None:
+            cosines.append(float(grad @ full / (grad.norm() * full.norm()).clamp(min=1e-300)))
+    return spread.stats() | ({"cosine_to_full": sum(cosines) / len(cosines)} if cosines else {})
 
 
 def plot(d, path):
@@ -149,22 +178,31 @@ def plot(d, path):
 def markdown(d) -> str:
     lines = [[p["trajectory"], p["step"], p["estimator"], pm(p["mean"]["trace_cov"], p["ci"]["trace_cov"], ".4g"),
               pm(p["mean"]["mean_grad_sq"], p["ci"]["mean_grad_sq"], ".4g"),
-              pm(p["mean"]["noise_to_signal"], p["ci"]["noise_to_signal"], ".3g")]
+              pm(p["mean"]["noise_to_signal"], p["ci"]["noise_to_signal"], ".3g"),
+              pm(p["mean"].get("cosine_to_full"), p["ci"].get("cosine_to_full"), ".3f")]
              for p in sorted(d["spread"], key=lambda p: (p["trajectory"], p["step"], p["estimator"]))]
     fails = [[r["variant"], f"{r['setting']['lr']:g}", f"{r['n_diverged']}/{r['n_seeds']}",
               f"{r['n_collapsed']}/{r['n_seeds']}", pm(r["mean"].get("fluency"), r["ci"].get("fluency"), ".3f"),
-              pm(r["mean"].get("gold"), r["ci"].get("gold"))] for r in d["rows"]]
+              pm(r["mean"].get("gold"), r["ci"].get("gold")), pm(r["mean"].get("kl"), r["ci"].get("kl"), ".2f"),
+              *[pm(r["mean"].get(k), r["ci"].get(k), "+.2f") for k in ("target_inflation", "fit_inflation")]]
+             for r in d["rows"]]
     fin = {v: [d["curves"][v][k][-1][0] for k in ("loss", "grad_norm")] for v in d["curves"]}
     return "\n".join([provenance(d), "",
                       f"Spread of the policy gradient over {d['grid']['batches']} minibatches at fixed parameters "
                       "(same minibatches for every baseline; mean ± CI over seeds):", "",
-                      table(["trajectory", "step", "baseline", "trace Cov", "‖mean grad‖²", "trace Cov / ‖mean‖²"],
-                            lines), "",
+                      table(["trajectory", "step", "baseline", "trace Cov", "‖mean grad‖²", "trace Cov / ‖mean‖²",
+                             "cos(minibatch, full batch)"], lines), "",
                       "Final training loss / gradient norm (mean over seeds): " +
                       ", ".join(f"{v} {a:.4g} / {b:.4g}" for v, (a, b) in fin.items()) + ".", "",
                       f"Learning-rate stress test (diverged = non-finite loss; collapsed = test fluency < "
                       f"{d['collapse_fluency']}):", "",
-                      table(["objective", "lr", "diverged", "collapsed", "fluency", "gold"], fails)])
+                      table(["objective", "lr", "diverged", "collapsed", "fluency", "gold", "KL",
+                             "target inflation", "realised inflation"], fails), "",
+                      "Inflation (nats, mean over training prompts): log (1/K) Σ_i e^{t_i} of the targets t_i the "
+                      "objective regresses each prompt's observed log-ratios onto (RPO: r_i/τ − log Ẑ(x); DRO: "
+                      "(r_i − V(x))/τ), and the same of the log-ratios the trained policy actually has on them. 0: "
+                      "the observed responses keep π_ref's total mass; > 0: they are asked to gain mass taken from "
+                      "every response never observed."])
 
 
 VARIANCE = Experiment("variance", GRID, run, plot, markdown)

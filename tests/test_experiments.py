@@ -96,6 +96,113 @@ def test_select_on_validation_prefers_fluent_settings_then_gold():
     assert chosen["dro"]["label"] == "τ=1"  # nothing fluent: still a choice, the best gold
 
 
+def test_front_value_at_reads_the_pareto_front_linearly_and_never_extrapolates():
+    points = [(3, 0.4), (1, 0.2), (4, 0.9), (2, 0.5)]  # (3, 0.4) is dominated by (2, 0.5)
+    assert stats.front_value_at(points, 3) == pytest.approx(0.5 + (0.9 - 0.5) * (3 - 2) / (4 - 2))  # 0.7, not 0.4
+    assert stats.front_value_at(points, 1.5) == pytest.approx(0.2 + (0.5 - 0.2) * 0.5)
+    assert stats.front_value_at(points, 1) == pytest.approx(0.2)
+    assert stats.front_value_at(points, 4) == pytest.approx(0.9)
+    assert stats.front_value_at(points, 0.5) is None and stats.front_value_at(points, 5) is None
+    assert stats.front_value_at([(2.0, 0.3)], 2.0) == 0.3 and stats.front_value_at([(2.0, 0.3)], 2.1) is None
+    assert stats.front_value_at([], 1.0) is None
+    # a point at high KL but lower value than one at lower KL is off the front: the range ends earlier
+    assert stats.front_value_at([(1, 0.5), (3, 0.2)], 2) is None
+
+
+def _job(variant, setting):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(variant=variant, setting=setting, params={})
+
+
+# per variant and setting, per seed: (kl, gold). At KL t = 1.5, by hand (linear on each seed's front):
+#   rpo  seed 0: 0.2 + (0.6 − 0.2)·0.5/1 = 0.4   seed 1: 0.4 + (0.7 − 0.4)·0.5/2 = 0.475   seed 2: 0.1 + 0.2·0.5 = 0.2
+#   dro  seed 0: 0.1 + (0.9 − 0.1)·1/2 = 0.5      seed 1: (2, 0.5) is dominated by (1, 0.5): front {1}, None
+#        seed 2: 0.3 + (0.6 − 0.3)·0.5/2 = 0.375
+MATCHED_RUNS = {("rpo", 0.3): {0: (1.0, 0.2), 1: (1.0, 0.4), 2: (1.0, 0.1)},
+                ("rpo", 1.0): {0: (2.0, 0.6), 1: (3.0, 0.7), 2: (2.0, 0.3)},
+                ("dro", 0.3): {0: (0.5, 0.1), 1: (1.0, 0.5), 2: (1.0, 0.3)},
+                ("dro", 1.0): {0: (2.5, 0.9), 1: (2.0, 0.5), 2: (3.0, 0.6)}}
+
+
+def _matched_rows():
+    jobs, results = [], []
+    for (v, tau), by_seed in MATCHED_RUNS.items():
+        for seed, (kl, gold) in by_seed.items():
+            jobs.append(_job(v, {"rpo_tau" if v == "rpo" else "dro_tau": tau}))
+            results.append({"seed": seed, "diverged": False, "kl": kl, "gold": gold})
+    jobs.append(_job("rpo", {"rpo_tau": 0.1}))  # a diverged run: no point at all
+    results.append({"seed": 2, "diverged": True, "error": "nan"})
+    return stats.make_rows(jobs, results)
+
+
+def test_matched_kl_reads_each_seed_s_front_and_pairs_the_differences_by_seed():
+    import statistics
+
+    out = stats.matched_kl(_matched_rows(), ["rpo", "dro"], "gold", [1.5, 10.0])
+    at, beyond = out
+    assert at["kl"] == 1.5 and beyond["kl"] == 10.0
+    rpo, dro = [0.4, 0.475, 0.2], [0.5, 0.375]
+    m, ci, n = at["value"]["rpo"]
+    assert (m, n) == (pytest.approx(statistics.fmean(rpo)), 3)
+    assert ci == pytest.approx(4.303 * statistics.stdev(rpo) / math.sqrt(3))  # t(0.975, 2)
+    m, ci, n = at["value"]["dro"]
+    assert (m, n) == (pytest.approx(statistics.fmean(dro)), 2)
+    diffs = [0.5 - 0.4, 0.375 - 0.2]  # seeds 0 and 2, where both are defined
+    m, ci, n = at["minus_rpo"]["dro"]
+    assert (m, n) == (pytest.approx(statistics.fmean(diffs)), 2)
+    assert ci == pytest.approx(12.706 * statistics.stdev(diffs) / math.sqrt(2))
+    assert set(at["minus_rpo"]) == {"dro"}
+    # KL 10 is beyond every seed's front: nothing to compare, never extrapolated
+    assert beyond["value"]["rpo"][2] == 0 and beyond["value"]["dro"][2] == 0
+    assert beyond["minus_rpo"]["dro"][2] == 0 and math.isnan(beyond["minus_rpo"]["dro"][0])
+    # without the reference variant there are no differences
+    assert "minus_rpo" not in stats.matched_kl(_matched_rows(), ["dro"], "gold", [1.5])[0]
+
+
+def test_select_per_seed_picks_each_seed_s_best_validation_setting_ignoring_diverged_runs():
+    runs = {("rpo", 0.3): [{"seed": 0, "val_gated_gold": 0.2}, {"seed": 1, "val_gated_gold": 0.6}],
+            ("rpo", 1.0): [{"seed": 0, "val_gated_gold": 0.5}, {"seed": 1, "val_gated_gold": 0.1}],
+            ("rpo", 3.0): [{"seed": 0, "diverged": True, "val_gated_gold": 9.0},   # diverged: never chosen
+                           {"seed": 1, "val_gated_gold": float("nan")}],             # NaN: never chosen
+            ("dro", 1.0): [{"seed": 0, "val_gated_gold": -0.3}, {"seed": 1, "diverged": True}]}
+    jobs, results = [], []
+    for (v, tau), rs in runs.items():
+        for r in rs:
+            jobs.append(_job(v, {"rpo_tau" if v == "rpo" else "dro_tau": tau}))
+            results.append({"diverged": False, "gold": 0.0, **r})
+    chosen = stats.select_per_seed(stats.make_rows(jobs, results))
+    assert {v: {s: label for s, (label, _) in d.items()} for v, d in chosen.items()} == {
+        "rpo": {0: "τ=1", 1: "τ=0.3"}, "dro": {0: "τ=1"}}
+    assert chosen["rpo"][0][1]["val_gated_gold"] == 0.5  # the chosen run's own result comes with it
+    # another key chooses differently
+    results2 = [dict(r, val_gold=-r.get("val_gated_gold", 0.0)) for r in results]
+    by_gold = stats.select_per_seed(stats.make_rows(jobs, results2), key="val_gold")
+    assert by_gold["rpo"][0][0] == "τ=0.3" and by_gold["rpo"][1][0] == "τ=1"
+
+
+def test_frontier_settings_are_the_product_of_each_field_s_values():
+    got = frontier.settings({"lr": [1, 2], "rpo_tau": [0.1, 0.3, 1.0]})
+    want = [{"lr": lr, "rpo_tau": tau} for lr in (1, 2) for tau in (0.1, 0.3, 1.0)]
+    assert got == want and len(got) == 6
+    assert frontier.settings({"beta": [0.1]}) == [{"beta": 0.1}]
+    # every grid names AlignConfig fields only
+    fields = set(AlignConfig.__dataclass_fields__)
+    for grid in (frontier.GRID, frontier.OFFPOLICY_GRID):
+        for size in grid.values():
+            for space in size.values():
+                assert set(space) <= fields, space
+
+
+def test_every_setting_of_every_full_grid_has_a_label():
+    """Numbers read with :g, strings (SFT's sft_mode) as they are; distinct settings, distinct labels."""
+    assert stats.setting_label("sft", {"lr": 3e-05, "sft_mode": "above_mean"}) == "lr=3e-05 mode=above_mean"
+    for grid in (frontier.GRID, frontier.OFFPOLICY_GRID):
+        for v, space in grid["full"].items():
+            labels = [stats.setting_label(v, setting) for setting in frontier.settings(space)]
+            assert len(set(labels)) == len(labels), labels
+
+
 def test_over_seeds_leaves_out_diverged_runs():
     mean, ci = over_seeds([{"seed": 0, "x": 1.0}, {"seed": 1, "x": 3.0}, {"seed": 2, "diverged": True}])
     assert mean == {"x": 2.0} and ci["x"] > 0
@@ -160,7 +267,7 @@ def _check_rows(rows, n_seeds=2):
 
 def test_quick_all_runs_every_experiment_in_two_worker_processes(quick_all):
     out, cache, r = quick_all
-    assert "done: frontier, offpolicy, k, heterogeneity, variance, cost, paper" in r.stdout
+    assert f"done: {', '.join(EXPERIMENTS)}:" in r.stdout
     assert len(os.listdir(cache / "logs")) >= 2  # the jobs really ran in spawned workers
     for name in EXPERIMENTS:
         _load(out, name)
@@ -169,37 +276,86 @@ def test_quick_all_runs_every_experiment_in_two_worker_processes(quick_all):
 @pytest.mark.parametrize("name", ["frontier", "offpolicy"])
 def test_quick_frontiers(quick_all, name):
     d = _load(quick_all[0], name)
-    grid = EXPERIMENTS[name].grid["quick"]
-    assert d["jobs"] == sum(len(v) for v in grid.values()) * 2
+    grid = EXPERIMENTS[name].grid["quick"]  # {variant: {AlignConfig field: values}}, the settings a product
+    assert d["jobs"] == sum(len(frontier.settings(space)) for space in grid.values()) * 2
     assert {(r["variant"], r["label"]) for r in d["rows"]} == {
-        (v, stats.setting_label(v, {frontier.KNOBS[runner.VARIANTS[v][0]]: x})) for v, xs in grid.items() for x in xs}
+        (v, stats.setting_label(v, setting)) for v, space in grid.items() for setting in frontier.settings(space)}
     _check_rows(d["rows"])
     s = d["summary"]
-    assert set(s["best_reward_under_kl"]) == set(grid) and len(s["winner_gold"]) == len(stats.KL_THRESHOLDS)
-    assert s["pareto_gold"] and set(s["selected"]) <= set(grid)
+    assert set(s["best_gold_under_kl"]) == set(grid) and len(s["winner_gold"]) == len(stats.KL_THRESHOLDS)
+    assert s["pareto_gold"] and set(s["tuned"]) <= set(grid)
+    assert set(s["matched"]) == set(frontier.MATCHED)
+    assert [e["kl"] for e in s["matched"]["gold"]] == list(frontier.KL_TARGETS)
     if name == "offpolicy":
         assert d["config"]["collect"]["off_policy"] is False  # the base config; the jobs turn it on
-        assert "rpo-ref" in s["selected"] or "rpo-ref" in s["best_gold_under_kl"]
+        assert "rpo-ref" in s["tuned"] or "rpo-ref" in s["best_gold_under_kl"]
 
 
-def test_quick_k(quick_all):
-    d = _load(quick_all[0], "k")
-    ks = EXPERIMENTS["k"].grid["quick"]["k"]
-    assert sorted({r["k"] for r in d["rows"]}) == ks and len(d["rows"]) == 2 * len(ks)
+def _check_exact(row):
+    """The exact measures of one row's runs obey their definitions (exact.compare)."""
+    for r in row["per_seed"]:
+        assert r["exact_kl"] >= -1e-9 and r["frontier_gap"] >= -1e-9 and r["kl_to_matched_optimum"] >= -1e-9
+        assert 0 <= r["exact_gold"] <= 1  # the gold reward is "correct": 0 or 1
+        if "regret" in r:  # RPO and DRO: regret at the τ they trained with = τ · KL(π‖π*_τ)
+            assert r["regret"] == pytest.approx(r["own_tau"] * r["kl_to_own_optimum"], rel=1e-6, abs=1e-12)
+
+
+def test_quick_optimum(quick_all):
+    d = _load(quick_all[0], "optimum")
+    grid = EXPERIMENTS["optimum"].grid["quick"]
+    assert {(r["variant"], r["label"]) for r in d["rows"]} == {
+        (v, stats.setting_label(v, setting)) for v, space in grid.items() for setting in frontier.settings(space)}
     _check_rows(d["rows"])
-    for k in ks:
-        z = d["logz"][str(k)]
-        assert len(z["per_seed"]) == 2
-        for key in ("rpo_logz_abs_err", "dro_v_abs_err"):
-            assert z["mean"][key] >= 0
-            assert z["mean"][key] >= abs(z["mean"][key.replace("abs_err", "bias")]) - 1e-9  # |mean| ≤ mean |.|
+    for row in d["rows"]:
+        _check_exact(row)
+    for pts in d["frontier"].values():  # along the exact frontier more KL buys more reward
+        pts = sorted(pts, key=lambda p: p["kl"])
+        assert all(b["reward"] >= a["reward"] - 1e-9 for a, b in zip(pts, pts[1:]))
+    assert set(d["summary"]["tuned"]) == set(grid)
+
+
+def test_quick_partition(quick_all):
+    d = _load(quick_all[0], "partition")
+    g = EXPERIMENTS["partition"].grid["quick"]
+    assert {(r["variant"], r["k"], r["tau"]) for r in d["rows"]} == {
+        (v, k, t) for v in g["variants"] for k in g["k"] for t in g["taus"]}
+    _check_rows(d["rows"])
+    for row in d["rows"]:
+        _check_exact(row)
+        assert all("regret" in r for r in row["per_seed"])
+    for k in g["k"]:
+        e = d["log_z_error_summary"][str(k)]
+        for est in ("mean", "loo", "ref"):
+            for t in g["taus"]:
+                assert e[f"{est}_tau{t:g}_abs"][0] >= abs(e[f"{est}_tau{t:g}_bias"][0]) - 1e-9  # |mean| ≤ mean |.|
+        assert set(d["minus_dro"][f"{k}/{g['taus'][0]:g}"]) == set(g["variants"]) - {"dro"}
+
+
+def test_quick_value(quick_all):
+    d = _load(quick_all[0], "value")
+    assert len(d["per_seed"]) == 2 and d["v_sd_over_seeds"] > 0 and d["log_z_hat_bootstrap_sd"] > 0
+    assert d["v_abs_error"] >= abs(d["v_bias"]) and d["log_z_hat_abs_error"] >= abs(d["log_z_hat_bias"])
+
+
+@pytest.mark.parametrize("name", ["exact_heterogeneity", "exact_offpolicy"])
+def test_quick_exact_conditions(quick_all, name):
+    d = _load(quick_all[0], name)
+    g = EXPERIMENTS[name].grid["quick"]
+    conditions = {(r.get("prior_strength"), r["tau"]) for r in d["rows"]}
+    assert conditions == {(ps, t) for ps in g.get("prior_strength", [None]) for t in g["taus"]}
+    assert {r["variant"] for r in d["rows"]} == set(g["variants"])
+    _check_rows(d["rows"])
+    for row in d["rows"]:
+        _check_exact(row)
+    assert set(d["minus_rpo"]) == {f"{ps}/{t:g}" for ps, t in conditions}
 
 
 def test_quick_heterogeneity(quick_all):
     d = _load(quick_all[0], "heterogeneity")
     grid = EXPERIMENTS["heterogeneity"].grid["quick"]["prior_strength"]
-    assert {(r["variant"], r["prior_strength"]) for r in d["rows"]} == {
-        (v, ps) for v in ("rpo", "rpo-global", "dro") for ps in grid}
+    taus = EXPERIMENTS["heterogeneity"].grid["quick"]["taus"]
+    assert {(r["variant"], r["prior_strength"], r["tau"]) for r in d["rows"]} == {
+        (v, ps, t) for v in ("rpo", "rpo-global", "dro") for ps in grid for t in taus}
     _check_rows(d["rows"])
     # a stronger prior makes prompts differ more: between/within spread grows
     ratios = [d["spread"][str(ps)]["ratio"] for ps in grid]
@@ -207,6 +363,7 @@ def test_quick_heterogeneity(quick_all):
     # the global-baseline policy is a different policy from the per-prompt one
     by = {(r["variant"], r["prior_strength"]): r for r in d["rows"]}
     assert by[("rpo", 1.0)]["per_seed"] != by[("rpo-global", 1.0)]["per_seed"]
+    assert set(d["matched"]) == {str(ps) for ps in grid}
 
 
 def test_quick_variance(quick_all):
@@ -217,12 +374,18 @@ def test_quick_variance(quick_all):
                                                                           ("dro", ("rpo", "none", "dro"))) for e in es}
     for p in d["spread"]:
         assert p["mean"]["trace_cov"] > 0 and len(p["per_seed"]) == 2
+        # each method's own loss on its own path also has its minibatch/full-batch agreement, a cosine
+        assert ("cosine_to_full" in p["mean"]) == (p["estimator"] == p["trajectory"])
+        if p["estimator"] == p["trajectory"]:
+            assert -1 <= p["mean"]["cosine_to_full"] <= 1
     for v in ("rpo", "dro"):
         assert len(d["curves"][v]["loss"]) == steps and len(d["curves"][v]["grad_norm"]) == steps
     assert {(r["variant"], r["setting"]["lr"]) for r in d["rows"]} == {
         (v, lr) for v in ("rpo", "dro") for lr in EXPERIMENTS["variance"].grid["quick"]["lrs"]}
     for r in d["rows"]:
         assert 0 <= r["n_diverged"] + r["n_collapsed"] <= r["n_seeds"]
+        if r["variant"] == "rpo":  # the "mean" partition's targets keep each prompt's observed mass: exactly 0
+            assert r["mean"]["target_inflation"] == pytest.approx(0, abs=1e-4)
 
 
 def test_quick_cost(quick_all):
@@ -238,10 +401,11 @@ def test_quick_cost(quick_all):
 
 def test_quick_paper(quick_all):
     d = _load(quick_all[0], "paper")
-    objs = EXPERIMENTS["paper"].grid["quick"]["objectives"]
-    assert {(r["objective"], r["preset"]) for r in d["rows"]} == {(o, p) for o in objs for p in ("default", "paper")}
+    arms = [a[0] for a in EXPERIMENTS["paper"].grid["quick"]]
+    assert [r["arm"] for r in d["rows"]] == arms
     _check_rows(d["rows"])
-    assert set(d["paper_minus_default"]) == set(objs)
+    assert set(d["minus_default"]) == {a for a in arms if a.split()[0] + " default" in arms and "default" not in a}
+    assert set(d["ref_offset"]) == {"8", "4"} and all(len(v) == 2 for v in d["ref_offset"].values())
 
 
 def test_writeup_fills_the_marked_sections(quick_all, tmp_path):
