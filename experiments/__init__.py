@@ -3,7 +3,8 @@
 The RPO paper (Faye, Azzag & Lebbah, arXiv 2506.13702) claims that RPO beats SFT, KTO and DRO,
 gives more aligned, more diverse and less toxic outputs, and optimises more stably than DRO
 because it has no value function. A consumer of the library (`rpo_mini`), which never imports
-it; one module per experiment, holding its grid, jobs, analysis, plot and tables:
+it; one module per experiment (the exact world's five share one), holding its grid, jobs, analysis,
+plot and tables:
 
     frontier       every objective over the same grid of learning rate × its own knob (reviews):
                    upper envelopes, matched-KL comparisons, tuning on validation
