@@ -32,9 +32,9 @@ from rpo_mini.data import reward_stats
 from rpo_mini.evaluate import mean_ci
 
 from . import frontier
-from .runner import Experiment, Job, materials, run_jobs, test_oracle, train_job
+from .runner import Experiment, Job, materials, run_jobs, tau_field, test_oracle, train_job
 from .stats import make_rows, paired_difference
-from .tables import COLORS, ci_of, figure, mean_of, pm, pmn, provenance, save, table
+from .tables import COLORS, ci_of, figure, mean_of, pm, provenance, save, table
 
 WORLD = "arithmetic"
 EXACT_KEYS = ("exact_reward", "exact_gold", "exact_kl", "frontier_gap", "kl_to_matched_optimum", "regret",
@@ -159,7 +159,7 @@ PARTITION_ESTIMATORS = ("mean", "loo", "ref")
 
 
 def run_partition(ctx, g) -> dict:
-    jobs = [train_job(ctx, v, s, {"lr": g["lr"], ("dro_tau" if v == "dro" else "rpo_tau"): tau},
+    jobs = [train_job(ctx, v, s, {"lr": g["lr"], tau_field(v): tau},
                       {"collect": {"k": k, "n_prompts": g["n_prompts"]}}, WORLD, row={"k": k, "tau": tau})
             for k in g["k"] for v in g["variants"] for tau in g["taus"] for s in ctx.seeds]
     errs = [Job(f"{__name__}:partition_error", ctx.cfg(s, WORLD, collect={"k": k, "n_prompts": g["n_prompts"]}), s,
@@ -258,12 +258,8 @@ def partition_markdown(d) -> str:
     return "\n".join(out)
 
 
-def _partition_analysed(d):
-    return partition_summary(d)
-
-
 PARTITION = Experiment("partition", PARTITION_GRID, run_partition, partition_plot, partition_markdown,
-                       _partition_analysed)
+                       partition_summary)
 
 
 # --- value: DRO's V(x) over seeds vs RPO's log Ẑ over its samples ----------------------------------
@@ -342,7 +338,7 @@ OFFPOLICY_GRID = {"full": {"taus": [0.3, 1.0], "lr": 1e-4, "variants": ["rpo", "
 
 
 def _tau_jobs(ctx, g, sections, row):
-    return [train_job(ctx, v, s, {"lr": g["lr"], ("dro_tau" if v == "dro" else "rpo_tau"): tau}, sections, WORLD,
+    return [train_job(ctx, v, s, {"lr": g["lr"], tau_field(v): tau}, sections, WORLD,
                       row={**row, "tau": tau}) for v in g["variants"] for tau in g["taus"] for s in ctx.seeds]
 
 

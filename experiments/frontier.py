@@ -52,7 +52,7 @@ def settings(space: dict) -> list:
 
 def run(ctx, grid, sections=None, world="reviews") -> dict:
     """grid: {variant: {field: values}}; sections: config changes shared by every job."""
-    jobs = [train_job(ctx, v, s, setting, sections or {}, world, values=v == "dro")
+    jobs = [train_job(ctx, v, s, setting, sections or {}, world)
             for v, space in grid.items() for setting in settings(space) for s in ctx.seeds]
     return {"grid": grid, "jobs": len(jobs), "rows": make_rows(jobs, run_jobs(ctx, jobs))}
 

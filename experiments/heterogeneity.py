@@ -8,7 +8,7 @@ rewards whose difficulty depends on the prompt.)
 
 from rpo_mini.worlds import make_world, reward_spread
 
-from .runner import Experiment, run_jobs, train_job
+from .runner import Experiment, run_jobs, tau_field, train_job
 from .stats import make_rows, matched_kl, paired_difference
 from .tables import COLORS, ci_of, figure, mean_of, metric_table, pm, pmn, provenance, save, table
 
@@ -20,7 +20,7 @@ KL_TARGETS = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 def run(ctx, g) -> dict:
     grid = g["prior_strength"]
-    jobs = [train_job(ctx, v, s, {"lr": g["lr"], ("dro_tau" if v == "dro" else "rpo_tau"): tau},
+    jobs = [train_job(ctx, v, s, {"lr": g["lr"], tau_field(v): tau},
                       sections={"world": {"prior_strength": ps}}, row={"prior_strength": ps, "tau": tau})
             for ps in grid for v in VARIANTS for tau in g["taus"] for s in ctx.seeds]
     rows = make_rows(jobs, run_jobs(ctx, jobs))

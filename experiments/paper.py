@@ -13,8 +13,6 @@ no longer behaves like a partition function, and every observed response is push
 offset.
 """
 
-import torch
-
 from rpo_mini import losses
 from rpo_mini.config import PAPER
 from rpo_mini.data import reward_stats

@@ -153,6 +153,11 @@ def train_job(ctx, variant: str, seed: int, setting: dict | None = None, section
     return Job(f"{__name__}:train", ctx.cfg(seed, world, **sections), seed, variant, setting, params)
 
 
+def tau_field(variant: str) -> str:
+    """The AlignConfig field of a variant's τ: `dro_tau` for DRO's variants, `rpo_tau` for RPO's."""
+    return f"{VARIANTS[variant][0]}_tau"
+
+
 def base_key(cfg: Config) -> str:
     """The key of one base model and where it lives: what its world, tokenizer, shape (the
     context length follows max_new_tokens) and pretraining are, and the run's cache folder,

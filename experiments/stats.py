@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from rpo_mini.evaluate import MIN_FLUENCY, mean_ci, over_seeds
+from rpo_mini.evaluate import mean_ci, over_seeds
 
 KL_THRESHOLDS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, None)  # nats per response; None = no limit
 
@@ -123,22 +123,6 @@ def paired_difference(a: list, b: list, key: str) -> tuple[float, float]:
     ok = lambda r: isinstance(r.get(key), (int, float)) and not r.get("diverged")  # noqa: E731
     bs = {r["seed"]: r[key] for r in b if ok(r)}
     return mean_ci([r[key] - bs[r["seed"]] for r in a if ok(r) and r["seed"] in bs])
-
-
-def select_on_validation(rows: list) -> dict:
-    """Per variant, the setting with the highest mean *validation* gold reward among those whose
-    validation samples stay ≥ MIN_FLUENCY fluent (the sweep's rule; the test prompts stay
-    untouched); when none is fluent, the best gold all the same."""
-    chosen = {}
-    for row in rows:
-        m = row["mean"]
-        if not math.isfinite(number(m.get("val_gold"))):
-            continue
-        best = chosen.get(row["variant"])
-        rank = (number(m.get("val_fluency")) >= MIN_FLUENCY, m["val_gold"])
-        if best is None or rank > best[0]:
-            chosen[row["variant"]] = (rank, row)
-    return {v: r for v, (_, r) in chosen.items()}
 
 
 class GradientSpread:

@@ -86,16 +86,6 @@ def test_paired_difference_matches_by_seed_and_skips_diverged_runs():
     assert ci > 0
 
 
-def test_select_on_validation_prefers_fluent_settings_then_gold():
-    rows = [{"variant": "rpo", "label": "τ=0.1", "mean": {"val_gold": 0.9, "val_fluency": 0.5}},
-            {"variant": "rpo", "label": "τ=1", "mean": {"val_gold": 0.4, "val_fluency": 0.95}},
-            {"variant": "rpo", "label": "τ=3", "mean": {"val_gold": 0.2, "val_fluency": 0.99}},
-            {"variant": "dro", "label": "τ=1", "mean": {"val_gold": 0.1, "val_fluency": 0.2}}]
-    chosen = stats.select_on_validation(rows)
-    assert chosen["rpo"]["label"] == "τ=1"
-    assert chosen["dro"]["label"] == "τ=1"  # nothing fluent: still a choice, the best gold
-
-
 def test_front_value_at_reads_the_pareto_front_linearly_and_never_extrapolates():
     points = [(3, 0.4), (1, 0.2), (4, 0.9), (2, 0.5)]  # (3, 0.4) is dominated by (2, 0.5)
     assert stats.front_value_at(points, 3) == pytest.approx(0.5 + (0.9 - 0.5) * (3 - 2) / (4 - 2))  # 0.7, not 0.4
