@@ -72,14 +72,19 @@ def clip_grads(params, max_norm: float) -> None:
         torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
 
 
-def clip_modules(modules: dict, max_norm: float, separate: bool) -> None:
-    """Clip the gradients of all modules jointly, or of each module on its own (`separate`).
+def clip_groups(modules: dict, separate: bool) -> list:
+    """The parameter groups clipping treats as one: every module's together, or each module's apart.
 
     Why it matters: with two modules (DRO's policy and value network) a joint clip lets the
-    value's gradient use up part of the policy's budget; clipped apart, each gets `max_norm`."""
-    groups = [list(m.parameters()) for m in modules.values()] if separate else \
-        [[p for m in modules.values() for p in m.parameters()]]
-    for params in groups:
+    value's gradient use up part of the policy's budget; clipped apart, each gets the full clip."""
+    if separate:
+        return [list(m.parameters()) for m in modules.values()]
+    return [[p for m in modules.values() for p in m.parameters()]]
+
+
+def clip_modules(modules: dict, max_norm: float, separate: bool) -> None:
+    """Clip the gradients of all modules jointly, or of each module on its own (`separate`)."""
+    for params in clip_groups(modules, separate):
         clip_grads(params, max_norm)
 
 
@@ -138,8 +143,8 @@ class Loop:
                                                       before clipping)
 
     Around that it does what every loop here must: the learning-rate schedule, stopping on a
-    non-finite loss, clipping (all modules together, or each apart), the progress bar, saving resumable state every `save_every`
-    steps and on Ctrl-C (then raising `Interrupted`, never half-applying a step)."""
+    non-finite loss, clipping (all modules together, or each apart), the progress bar, saving
+    resumable state every `save_every` steps and on Ctrl-C (then raising `Interrupted`, never half-applying a step)."""
 
     def __init__(self, name: str, modules: dict, optimizer, steps: int, peak_lr: float, warmup: int,
                  grad_clip: float, history=None, state_path: str | None = None, save_every: int = 0,
@@ -147,6 +152,7 @@ class Loop:
         self.name, self.modules, self.optimizer = name, modules, optimizer
         self.steps, self.peak_lr, self.warmup, self.grad_clip = steps, peak_lr, warmup, grad_clip
         self.clip_separately = clip_separately
+        self.clip_groups = clip_groups(modules, clip_separately)  # built once, not every step
         self.state_path, self.save_every, self.dist = state_path, save_every, dist
         self.step = 0
         self.history = history  # whatever the caller records in after_step; saved with the state
@@ -174,7 +180,8 @@ class Loop:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 norms = {name: grad_norm(m.parameters()) for name, m in self.modules.items()}
-                clip_modules(self.modules, self.grad_clip, self.clip_separately)
+                for params in self.clip_groups:
+                    clip_grads(params, self.grad_clip)
                 self.optimizer.step()
                 self.step += 1
                 after_step(self.step, info, norms, lr)
