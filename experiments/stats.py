@@ -2,7 +2,8 @@
 best setting under a KL budget, Pareto fronts, selection on validation, gradient spread.
 
 Pure functions of plain values (no models, no files), each tested against a naive
-computation. Means and intervals over seeds come from `rpo_mini.evaluate.over_seeds`.
+computation. Means and intervals over seeds come from `rpo_mini.evaluate.over_seeds`, the Pareto
+front and its matched-KL read from `rpo_mini.evaluate` (the notebooks read fronts too).
 """
 
 import json
@@ -10,7 +11,7 @@ import math
 
 import torch
 
-from rpo_mini.evaluate import mean_ci, over_seeds
+from rpo_mini.evaluate import front_value_at, mean_ci, over_seeds, pareto_front  # noqa: F401 (the fronts live there)
 
 KL_THRESHOLDS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, None)  # nats per response; None = no limit
 
@@ -53,26 +54,6 @@ def best_under_kl(points: list, thresholds=KL_THRESHOLDS) -> list:
         ok = [p for p in points if t is None or p[0] <= t]
         out.append(max(ok, key=lambda p: p[1]) if ok else None)
     return out
-
-
-def pareto_front(points: list) -> list:
-    """points: (kl, value) → for each, True when no other point has kl ≤ and value ≥ with one
-    of them strict (lower KL and higher value are both better)."""
-    return [not any(k2 <= k and v2 >= v and (k2 < k or v2 > v) for k2, v2 in points) for k, v in points]
-
-
-def front_value_at(points: list, t: float) -> float | None:
-    """points: (kl, value) of one objective's settings in one replicate → the value of their upper
-    envelope at KL = t, read off the Pareto front (the points no other beats on both) by linear
-    interpolation between the two front points around t; None outside the front's KL range
-    (never extrapolated)."""
-    front = sorted(p for p, on in zip(points, pareto_front(points)) if on)
-    if not front or not front[0][0] <= t <= front[-1][0]:
-        return None
-    for (k0, v0), (k1, v1) in zip(front, front[1:]):
-        if k0 <= t <= k1:
-            return v0 if k1 == k0 else v0 + (v1 - v0) * (t - k0) / (k1 - k0)
-    return front[0][1]  # a front of one point, at exactly t
 
 
 def per_seed_points(rows: list, variant: str, metric: str) -> dict:

@@ -1,4 +1,5 @@
-"""Evaluation on held-out prompts: reward, gold reward, win rate, KL, diversity, toxicity, fluency.
+"""Evaluation on held-out prompts: reward, gold reward, win rate, KL, diversity, toxicity, fluency;
+the Pareto front of (KL, value) points and its reading at a matched KL.
 
 Intervals are 95% normal intervals over *prompts* (a prompt's samples are averaged first),
 because samples of one prompt are not independent of each other.
@@ -104,3 +105,23 @@ def summarize(s: dict, world, reward: str, baseline: dict | None = None) -> dict
     out["fluency"] = sum(s["fluent"]) / len(rewards)
     out["length"] = sum(len(t.split()) for t in s["texts"]) / len(rewards)
     return out
+
+
+def pareto_front(points: list) -> list:
+    """points: (kl, value) → for each, True when no other point has kl ≤ and value ≥ with one
+    of them strict (lower KL and higher value are both better)."""
+    return [not any(k2 <= k and v2 >= v and (k2 < k or v2 > v) for k2, v2 in points) for k, v in points]
+
+
+def front_value_at(points: list, t: float) -> float | None:
+    """points: (kl, value) of one objective's settings in one replicate → the value of their upper
+    envelope at KL = t, read off the Pareto front (the points no other beats on both) by linear
+    interpolation between the two front points around t; None outside the front's KL range
+    (never extrapolated)."""
+    front = sorted(p for p, on in zip(points, pareto_front(points)) if on)
+    if not front or not front[0][0] <= t <= front[-1][0]:
+        return None
+    for (k0, v0), (k1, v1) in zip(front, front[1:]):
+        if k0 <= t <= k1:
+            return v0 if k1 == k0 else v0 + (v1 - v0) * (t - k0) / (k1 - k0)
+    return front[0][1]  # a front of one point, at exactly t

@@ -10,15 +10,11 @@ whose optimum is known in closed form:
     Z(x)     = sum_y pi_ref(y|x) * exp(r(x,y) / tau).
 
 So the optimal log-ratio rho* = log pi* - log pi_ref = (r - V*) / tau is a shifted, scaled
-reward. V*(x) is the optimal value: for one prompt, J_x(pi) = E_pi[r] - tau KL(pi || pi_ref)
-= tau log Z(x) - tau KL(pi || pi*), so J_x(pi*) = V*(x) and the regret of pi is tau KL(pi || pi*).
-
-The rewards r these functions receive are z-scored by the caller, r = (r_raw - mu) / sigma with
-the training set's mean and standard deviation (`align.prepare`, `AlignConfig.rewards_zscore`),
-so tau is in units of the reward's standard deviation: the optimum targeted is that of the raw
-reward at tau * sigma (a constant per prompt cancels between pi_ref e^{r/tau} and Z).
-
-The objectives differ in what they do about the unknown shift V*(x):
+reward, and V*(x) the optimal value: J_x(pi) = E_pi[r] - tau KL(pi || pi_ref) equals
+tau log Z(x) - tau KL(pi || pi*), so J_x(pi*) = V*(x) and the regret is tau KL(pi || pi*).
+The rewards arrive z-scored by the training set's mean and std (`align.prepare`), so tau is in
+reward-std units: the optimum is the raw reward's at tau * sigma. The objectives differ in what
+they do about the unknown shift V*(x):
 
 - RPO  (Reward Partition Optimization, Faye et al., arXiv 2506.13702): estimate log Z(x) once,
   before training, from the rewards observed for x (`log_partition`), then regress

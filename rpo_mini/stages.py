@@ -229,11 +229,12 @@ def policy_key(data: Artifact, objective: str, seed: int, cfg: AlignConfig) -> s
 
 def validation_probe(ctx: Context, world, tok: Artifact, ref: GPT, prompts: list[str], max_new_tokens: int,
                      reward: str, seed: int):
-    """probe(policy) -> reward, gold reward, KL and fluency on a few validation prompts, during training."""
+    """probe(policy) -> reward, gold reward and KL with their 95% intervals, and fluency, on a few
+    validation prompts, during training."""
     def probe(policy) -> dict:
         s = sample_and_score(policy, ref, tok.value, world, prompts, 2, max_new_tokens, seed + 17, ctx.autocast)
         m = summarize(s, world, reward)
-        return {k: m[k] for k in ("reward", "gold", "kl", "fluency")}
+        return {k: m[k] for k in ("reward", "reward_ci", "gold", "gold_ci", "kl", "kl_ci", "fluency")}
     return probe if ctx.dist.is_main else None
 
 
