@@ -21,7 +21,7 @@ def run(cfg: Config, log=None) -> dict:
     from tqdm import tqdm  # the heavy imports wait until the flags are parsed (--help stays instant)
 
     from rpo_mini import exact, report, stages
-    from rpo_mini.data import read_jsonl
+    from rpo_mini.data import read_jsonl, reward_scale
     from rpo_mini.evaluate import summarize
     from rpo_mini.worlds import make_world
 
@@ -65,14 +65,18 @@ def run(cfg: Config, log=None) -> dict:
     # 6. In an exact world, the ground truth: π_ref's probability and the reward of every possible
     #    response to every test prompt, so each policy's reward, KL and distance to the optimum π*
     #    are sums (rpo_mini/exact.py). RPO's "exact" estimator reads log Z(x) of the training prompts.
-    tau, exact_tau = stages.comparison_tau(data, align_cfg)
-    oracle = stages.oracle(ctx, world, tok, base, test_prompts, reward, exact_tau) if ctx.dist.is_main else None
+    #    Each policy is measured against the optimum at the τ it trained with (KTO and SFT have none:
+    #    at the τ whose optimum spends their KL); the objectives' τ acts on z-scored rewards, which
+    #    `scale.raw_tau` turns into reward units.
+    oracle = stages.oracle(ctx, world, tok, base, test_prompts, reward) if ctx.dist.is_main else None
+    scale = reward_scale(data.value.rewards, align_cfg.rewards_zscore)
     train_oracle = None
     if align_cfg.estimator == "exact" and "rpo" in objectives(cfg):
-        prompts = sorted({r["prompt"] for r in data.value.records})
-        train_oracle = stages.oracle(ctx, world, tok, base, prompts, reward, exact_tau)
-    exact_of = (lambda m: oracle.measures(oracle.table(m, ctx.autocast))) if oracle else (lambda m: {})
-    ref_exact = exact_of(base.value) if ctx.dist.is_main else {}
+        train_oracle = stages.oracle(ctx, world, tok, base, sorted({r["prompt"] for r in data.value.records}), reward)
+
+    def exact_of(model, tau):  # tau: the policy's own τ, in the units it trained in (None: it has none)
+        return exact.compare(oracle, oracle.table(model, ctx.autocast), scale.raw_tau(tau)) if oracle else {}
+    ref_exact = exact.point(oracle, oracle.ref) if oracle else {}
 
     # 7. For each seed, align a fresh copy of the base with every objective, then sample every
     #    policy (π_ref too) on the test prompts and score the samples. Under torchrun every
@@ -95,7 +99,8 @@ def run(cfg: Config, log=None) -> dict:
             if ctx.dist.is_main:
                 s = stages.evaluate(ctx, obj, policy, base.value, seed, world, tok, cfg.eval,
                                     cfg.collect.max_new_tokens, test_prompts)
-                runs.setdefault(obj, []).append(summarize(s, world, reward, ref_s) | exact_of(policy.value)
+                runs.setdefault(obj, []).append(summarize(s, world, reward, ref_s)
+                                                | exact_of(policy.value, align_cfg.tau_for(obj))
                                                 | {"seconds": history["seconds"], "checkpoint": policy.path,
                                                    "samples": examples(s)})
     if not ctx.dist.is_main:
@@ -104,8 +109,11 @@ def run(cfg: Config, log=None) -> dict:
     # 8. The report: mean ± interval per policy, metrics.json, report.md, plots, the table.
     metrics = report.aggregate(runs)
     if oracle:
-        metrics["exact"] = {"tau": tau, "reward_tau": exact_tau, "prompts": len(test_prompts), "reward": reward,
-                            "optimal": oracle.measures(oracle.optimal()), "frontier": oracle.frontier(exact.FRONTIER_TAUS)}
+        taus = {o: align_cfg.tau_for(o) for o in objectives(cfg) if align_cfg.tau_for(o) is not None}
+        metrics["exact"] = {"prompts": len(test_prompts), "reward": reward, "reward_scale": scale.scale, "taus": taus,
+                            "optimal": [exact.point(oracle, oracle.optimal(scale.raw_tau(t))) | {"tau": t}
+                                        for t in sorted(set(taus.values()))],
+                            "frontier": oracle.frontier(exact.FRONTIER_TAUS)}
     sections = dataclasses.asdict(cfg) | {"model": dataclasses.asdict(base.value.config), "align": to_dict(align_cfg)}
     metrics["config"] = {k: sections[k] for k in ("run", "world", "tokenizer", "model", "pretrain", "collect",
                                                   "align", "eval")}

@@ -28,7 +28,7 @@ import math
 import torch
 
 from rpo_mini import exact, losses
-from rpo_mini.data import reward_stats
+from rpo_mini.data import reward_scale
 from rpo_mini.evaluate import mean_ci
 
 from . import frontier
@@ -178,13 +178,13 @@ def partition_error(job) -> dict:
     m = materials(job.cfg)
     data = m.data.value
     prompts = [r["prompt"] for r in data.records]
-    oracle = exact.oracle(m.base.value, m.enc, m.world, sorted(set(prompts)), m.reward, 1.0, m.ctx.autocast)
-    shift, scale = reward_stats(data.rewards)
-    z = (data.rewards - shift) / scale
+    oracle = exact.oracle(m.base.value, m.enc, m.world, sorted(set(prompts)), m.reward, m.ctx.autocast)
+    scale = reward_scale(data.rewards, job.cfg.align.rewards_zscore)
+    z = scale(data.rewards)
     ref_logps = torch.tensor([r["ref_logp"] for r in data.records], dtype=torch.float64)
     out = {"seed": job.seed}
     for tau in job.params["taus"]:
-        truth = oracle.per_sample(oracle.log_z(tau, shift, scale), prompts)
+        truth = oracle.per_sample(oracle.log_z(tau, scale), prompts)
         for est in PARTITION_ESTIMATORS:
             d = losses.log_partition(z, data.prompt_ids, tau, est, ref_logps=ref_logps) - truth
             out[f"{est}_tau{tau:g}_bias"] = float(d.mean())
@@ -291,10 +291,10 @@ def value_truth(job) -> dict:
     m = materials(job.cfg)
     data, tau = m.data.value, job.params["tau"]
     prompts = m.world.train_prompts[:job.cfg.collect.n_prompts or None]  # the order dro_values uses
-    oracle = exact.oracle(m.base.value, m.enc, m.world, prompts, m.reward, 1.0, m.ctx.autocast)
-    shift, scale = reward_stats(data.rewards)
-    log_z = oracle.log_z(tau, shift, scale)
-    z = ((data.rewards - shift) / scale).view(len(prompts), -1)  # collection writes K per prompt, in order
+    oracle = exact.oracle(m.base.value, m.enc, m.world, prompts, m.reward, m.ctx.autocast)
+    scale = reward_scale(data.rewards, job.cfg.align.rewards_zscore)
+    log_z = oracle.log_z(tau, scale)
+    z = scale(data.rewards).view(len(prompts), -1)  # collection writes K per prompt, in order
     hat = torch.logsumexp(z / tau, 1) - math.log(z.shape[1])
     g = torch.Generator().manual_seed(job.seed)
     idx = torch.randint(z.shape[1], (job.params["bootstrap"], *z.shape), generator=g)

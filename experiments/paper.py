@@ -15,7 +15,7 @@ offset.
 
 from rpo_mini import losses
 from rpo_mini.config import PAPER
-from rpo_mini.data import reward_stats
+from rpo_mini.data import reward_scale
 from rpo_mini.evaluate import mean_ci
 from rpo_mini.sampling import response_logprobs
 
@@ -60,8 +60,7 @@ def ref_offset(job) -> dict:
     per-token-mean and with summed reference log-probs; and the "mean" estimator's, for scale."""
     m = materials(job.cfg)
     data, eot = m.data.value, m.enc.eot_token
-    shift, scale = reward_stats(data.rewards)
-    z = (data.rewards - shift) / scale
+    z = reward_scale(data.rewards, True)(data.rewards)  # the preset z-scores (PAPER's rewards_zscore)
     out = {"seed": job.seed}
     for name, norm in (("per_token", True), ("summed", False)):
         ref = response_logprobs(m.base.value, data.prompt_tokens, data.response_tokens, eot, norm,

@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import datetime
 import importlib
+import json
 import multiprocessing as mp
 import os
 import platform
@@ -29,7 +30,7 @@ import torch
 from rpo_mini import checkpoint, exact, losses, runtime, stages
 from rpo_mini.align import prepare as align_prepare
 from rpo_mini.config import PAPER, QUICK, WORLD_DEFAULTS, CollectConfig, Config, apply, stage_key, to_dict
-from rpo_mini.data import collate_prompts
+from rpo_mini.data import collate_prompts, reward_scale
 from rpo_mini.evaluate import summarize
 from rpo_mini.files import strict, write_json
 from rpo_mini.model import ValueModel
@@ -95,6 +96,7 @@ class Ctx:
     fixed_data: bool = False
     command: str = ""
     plan: list | None = None  # --plan: count the jobs, run nothing
+    ran: list = field(default_factory=list)  # every job run_jobs ran: what the saved JSON says ran
     _pool: object = field(default=None, repr=False)
 
     def pool(self):
@@ -181,6 +183,7 @@ def run_jobs(ctx: Ctx, jobs: list, fresh: bool = False) -> list:
         ctx.plan.append({"jobs": len(jobs), "base_models": len(prep),
                          "tasks": {t: sum(j.kind == t for j in jobs) for t in dict.fromkeys(j.kind for j in jobs)}})
         raise Planned
+    ctx.ran.extend(jobs)
     for phase, todo in (("prepare", prep), ("run", jobs)):
         if not todo:
             continue
@@ -328,7 +331,7 @@ def train(job: Job) -> dict:
     oracle = None
     if cfg.align.estimator == "exact" and objective == "rpo":  # log Z(x) on the training prompts
         oracle = stages.oracle(m.ctx, m.world, m.tok, m.base, sorted({r["prompt"] for r in data.value.records}),
-                               m.reward, 1.0)
+                               m.reward)
     try:
         policy, history = stages.policy(m.ctx, objective, job.seed, m.base, data, cfg.align, m.tok, m.world,
                                         oracle=oracle)
@@ -344,9 +347,9 @@ def train(job: Job) -> dict:
            **{f"ref_{k}": ref[k] for k in METRICS if k in ref and k not in ("kl", "win_rate")},
            **{f"val_{k}": val[k] for k in VAL_METRICS},
            "final_loss": history["train"][-1]["loss"], "train_seconds": history.get("seconds", 0.0)}
-    if m.world.responses() is not None:
-        out |= exact_measures(m, policy.value, stages.comparison_tau(data, cfg.align)[1]
-                              if VARIANTS[job.variant][0] in ("rpo", "dro") else None)
+    if m.world.responses() is not None:  # at the τ this policy trained with (KTO, SFT: the matched τ)
+        scale = reward_scale(data.value.rewards, cfg.align.rewards_zscore)
+        out |= {"reward_scale": scale.scale} | exact_measures(m, policy.value, scale.raw_tau(cfg.align.tau_for(objective)))
     if job.params.get("values") and cfg.align.dro_value == "network":  # DRO: V(x)/τ on the training prompts
         out["values"] = dro_values(m, policy.path, cfg.align.tau_for("dro"))
     if job.params.get("inflation"):
@@ -386,14 +389,14 @@ def test_oracle(m: JobMaterials):
     key = (m.base.key, m.reward)
     if key not in _ORACLES:
         prompts = m.world.test_prompts[:m.cfg.eval.eval_prompts or None]
-        _ORACLES[key] = stages.oracle(m.ctx, m.world, m.tok, m.base, prompts, m.reward, 1.0)
+        _ORACLES[key] = stages.oracle(m.ctx, m.world, m.tok, m.base, prompts, m.reward)
     return _ORACLES[key]
 
 
-def exact_measures(m: JobMaterials, policy, own_tau: float | None) -> dict:
-    """The exact measures of one policy on the test prompts (`exact.compare`), at the τ whose optimum
-    has the policy's KL and, for RPO and DRO, at the τ they trained with (raw reward units)."""
-    return exact.compare(test_oracle(m), test_oracle(m).table(policy, m.ctx.autocast), own_tau)
+def exact_measures(m: JobMaterials, policy, tau: float | None) -> dict:
+    """The exact measures of one policy on the test prompts (`exact.compare`): at the τ whose optimum
+    has the policy's KL and at `tau`, the τ it trained with (raw reward units; None: the matched τ)."""
+    return exact.compare(test_oracle(m), test_oracle(m).table(policy, m.ctx.autocast), tau)
 
 
 def global_baseline(data):
@@ -432,8 +435,8 @@ def run_experiment(ctx: Ctx, exp: Experiment) -> dict:
             return p
     print(f"== {name} ({'quick' if ctx.quick else 'full'}, seeds {ctx.seeds}, workers {ctx.workers})", flush=True)
     t0 = time.perf_counter()
+    ctx.ran = []
     result = exp.run(ctx, grid)
-    cfg = ctx.base_cfg()
     opts = f"{' --quick' if ctx.quick else ''} --seeds {','.join(map(str, ctx.seeds))}" \
            f"{' --fixed-data' if ctx.fixed_data else ''} --workers {ctx.workers}"
     d = {"experiment": name, "quick": ctx.quick, "seeds": ctx.seeds, "fixed_data": ctx.fixed_data,
@@ -441,14 +444,39 @@ def run_experiment(ctx: Ctx, exp: Experiment) -> dict:
          "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
          "elapsed_s": time.perf_counter() - t0, "command": ctx.command,
          "rerun": f"python -m experiments {name}{opts}",
-         "config": {s: to_dict(getattr(cfg, s)) for s in ("world", "tokenizer", "model", "pretrain",
-                                                          "collect", "align", "eval")}, **result}
+         "config": ran_configs(ctx.ran), **result}
     d = exp.analysed(strict(d))  # the analysis sees what writeup will read back: strict JSON
     write_json(os.path.join(ctx.out, f"{name}.json"), d)
     exp.plot(d, os.path.join(ctx.out, f"{name}.png"))
     print(exp.markdown(d), flush=True)
     print(f"== {name}: {d['jobs']} jobs in {d['elapsed_s']:.1f}s → {ctx.out}/{name}.json, {name}.png\n", flush=True)
     return d
+
+
+CONFIG_SECTIONS = ("world", "tokenizer", "model", "pretrain", "collect", "align", "eval")
+
+
+def ran_configs(jobs: list) -> dict:
+    """The configuration the jobs actually ran, per world: {world: {"config": every field all its
+    jobs share, by section; "varied": {"section.field": the values its jobs used}; "jobs": n}}.
+    (The seeds are the JSON's own `seeds`; a job's setting is in its row.)"""
+    by_world = {}
+    for job in jobs:
+        flat = {f"{s}.{k}": v for s in CONFIG_SECTIONS for k, v in to_dict(getattr(job.cfg, s)).items()
+                if (s, k) != ("world", "seed")}
+        by_world.setdefault(job.cfg.world.name, []).append(flat)
+    out = {}
+    for world, flats in by_world.items():
+        config, varied = {}, {}
+        for key in flats[0]:
+            values = list({json.dumps(f[key], sort_keys=True): f[key] for f in flats}.values())
+            if len(values) == 1:
+                section, name = key.split(".", 1)
+                config.setdefault(section, {})[name] = values[0]
+            else:
+                varied[key] = sorted(values, key=lambda v: (v is None, json.dumps(v, sort_keys=True)))
+        out[world] = {"config": config, "varied": varied, "jobs": len(flats)}
+    return out
 
 
 def describe_device(name: str) -> str:

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from . import losses, training
-from .data import Dataset, collate, collate_prompts, reward_stats
+from .data import Dataset, collate, collate_prompts, reward_scale
 from .model import GPT, PooledValueHead, ValueModel
 from .runtime import Dist, UserError
 from .sampling import response_logprobs
@@ -140,12 +140,12 @@ def prepare(objective: str, data: Dataset, ref_logps: torch.Tensor, cfg, tau: fl
     it trains on; plus the objective's own (`Objective.prepare`). `oracle` (an exact world's
     `exact.Oracle` over the dataset's prompts) supplies the enumerated log Z_τ(x), in the same
     z-scored units, for RPO's "exact" estimator."""
-    shift, scale = reward_stats(data.rewards) if cfg.rewards_zscore else (0.0, 1.0)
-    rewards = (data.rewards - shift) / scale
+    scale = reward_scale(data.rewards, cfg.rewards_zscore)
+    rewards = scale(data.rewards)
     exact_log_z = None
     if oracle is not None and tau is not None:
         prompts = [r["prompt"] for r in data.records]
-        exact_log_z = oracle.per_sample(oracle.log_z(tau, shift, scale), prompts)
+        exact_log_z = oracle.per_sample(oracle.log_z(tau, scale), prompts)
     fixed = {"rewards": rewards.float(), "ref_logps": ref_logps.float(), "index": torch.arange(len(data))}
     return fixed | get(objective).prepare(rewards, data, ref_logps, cfg, tau, exact_log_z)
 

@@ -113,6 +113,28 @@ def reward_stats(rewards: torch.Tensor) -> tuple[float, float]:
     return rewards.mean().item(), std if std > 1e-8 else 1.0
 
 
+@dataclass(frozen=True)
+class RewardScale:
+    """The rewards every objective trains on, z = (r − shift)/scale, and what that does to τ.
+
+    Why τ changes units: e^{z/τ} = e^{r/(τ·scale)} · e^{−shift/(τ·scale)}, and the second factor
+    is the same for every response of a prompt, so π* of z at τ is π* of the raw reward r at
+    τ·scale. `raw_tau` is the one place a τ of the objectives becomes a τ in reward units."""
+    shift: float = 0.0
+    scale: float = 1.0
+
+    def __call__(self, rewards):
+        return (rewards - self.shift) / self.scale
+
+    def raw_tau(self, tau: float | None) -> float | None:
+        return None if tau is None else tau * self.scale
+
+
+def reward_scale(rewards: torch.Tensor, zscore: bool) -> RewardScale:
+    """The training set's z-scoring (`--rewards_zscore`), or none at all."""
+    return RewardScale(*reward_stats(rewards)) if zscore else RewardScale()
+
+
 def collate(prompts: list, responses: list, pad_id: int):
     """Concatenate prompt and response tokens, right-pad with `pad_id`.
 

@@ -22,7 +22,8 @@ every response through the model in batches, one run per distinct prefix.
 The frontier: π*_τ over a grid of τ traces {(KL(π*_τ‖π_ref), E_{π*_τ}[r])}, the most reward any
 policy can have at that KL from π_ref — the curve no method can beat. `compare` measures one
 policy against it: the τ whose optimum spends the policy's own KL (`matched_tau`), the reward
-that optimum gets (the frontier at that KL) minus the policy's, and KL(π‖π*) there.
+that optimum gets (the frontier at that KL) minus the policy's, KL(π‖π*) there, and the regret
+at the τ the policy trained with (its own, in raw reward units: `data.RewardScale.raw_tau`).
 """
 
 import contextlib
@@ -172,28 +173,40 @@ def matched_tau(ref_table, rewards, kl_target: float, lo: float = 1e-4, hi: floa
     return float(((a + b) / 2).exp())
 
 
-def compare(oracle: "Oracle", table: torch.Tensor, own_tau: float | None = None) -> dict:
+def compare(oracle: "Oracle", table: torch.Tensor, tau: float | None = None) -> dict:
     """One policy against the exact optimum, averaged over the oracle's prompts (raw reward units).
+
+    tau: the KL strength the policy trained with, in raw reward units (`RewardScale.raw_tau` of
+    its own τ); None for a policy that has no τ of its own (KTO, SFT), which is compared at the
+    τ whose optimum spends its KL. Never another objective's τ: that was a bug once.
 
     exact_reward, exact_gold, exact_kl   E_π[r], E_π[gold], KL(π‖π_ref)
     matched_tau                          τ_m with KL(π*_{τ_m}‖π_ref) = KL(π‖π_ref) (a policy spending more
                                          KL than any optimum gets the clamp, `matched_tau`'s lo)
     frontier_gap                         E_{π*_{τ_m}}[r] − E_π[r] ≥ 0: reward left on the table at equal KL
     kl_to_matched_optimum                KL(π‖π*_{τ_m})
-    regret, kl_to_own_optimum            at `own_tau` (the τ the policy trained with), when given:
-                                         J*_τ − J_τ(π) = τ KL(π‖π*_τ), and that KL"""
+    own_tau, tau_from                    the τ of the three below: `tau` ("trained") or τ_m ("matched")
+    regret, kl_to_own_optimum            J*_τ − J_τ(π) = τ·KL(π‖π*_τ) at own_tau, and that KL
+    ref_regret                           π_ref's regret at the same τ: what the policy improved on"""
     rewards = oracle.rewards
-    out = {"exact_reward": float(expected(table, rewards).mean()),
-           "exact_gold": float(expected(table, oracle.gold).mean()),
-           "exact_kl": float(kl(table, oracle.ref).mean())}
+    out = point(oracle, table)
     tau_m = matched_tau(oracle.ref, rewards, out["exact_kl"])
     opt = optimal_table(oracle.ref, rewards, tau_m)
     out |= {"matched_tau": tau_m, "frontier_gap": float(expected(opt, rewards).mean()) - out["exact_reward"],
             "kl_to_matched_optimum": float(kl(table, opt).mean())}
-    if own_tau is not None:
-        out |= {"own_tau": own_tau, "regret": float(regret(table, oracle.ref, rewards, own_tau).mean()),
-                "kl_to_own_optimum": float(kl(table, optimal_table(oracle.ref, rewards, own_tau)).mean())}
-    return out
+    own = tau_m if tau is None else float(tau)
+    star = opt if tau is None else optimal_table(oracle.ref, rewards, own)
+    return out | {"own_tau": own, "tau_from": "matched" if tau is None else "trained",
+                  "regret": float(regret(table, oracle.ref, rewards, own).mean()),
+                  "kl_to_own_optimum": float(kl(table, star).mean()),
+                  "ref_regret": float(regret(oracle.ref, oracle.ref, rewards, own).mean())}
+
+
+def point(oracle: "Oracle", table: torch.Tensor) -> dict:
+    """The τ-free part of `compare`: E_π[r], E_π[gold] and KL(π‖π_ref), averaged over prompts."""
+    return {"exact_reward": float(expected(table, oracle.rewards).mean()),
+            "exact_gold": float(expected(table, oracle.gold).mean()),
+            "exact_kl": float(kl(table, oracle.ref).mean())}
 
 
 # ---------------------------------------------------------------------------------------
@@ -204,8 +217,8 @@ def compare(oracle: "Oracle", table: torch.Tensor, own_tau: float | None = None)
 class Oracle:
     """An exact world's ground truth on a set of prompts: π_ref and the rewards of every response.
 
-    `tau` is the KL strength of the comparison in raw reward units. The objectives train on
-    z-scored rewards (r − μ)/σ at τ, whose optimum is the raw reward's optimum at τ·σ."""
+    It knows no τ: every measure takes the τ it is made at, so no comparison can borrow one
+    objective's τ for another."""
     prompts: list            # N prompt texts
     prompt_tokens: list      # N token lists
     response_tokens: list    # Y token lists, end-of-text last: the whole response space
@@ -213,19 +226,19 @@ class Oracle:
     ref: torch.Tensor        # (N, Y) log π_ref(y|x)
     rewards: torch.Tensor    # (N, Y) the training reward, raw
     gold: torch.Tensor       # (N, Y) the gold reward
-    tau: float
 
     def table(self, model, autocast=contextlib.nullcontext) -> torch.Tensor:
         """log π(y|x) of `model` on these prompts: (N, Y)."""
         return logprob_table(model, self.prompt_tokens, self.response_tokens, self.eot, autocast=autocast)
 
-    def optimal(self) -> torch.Tensor:
-        """log π*_τ: (N, Y)."""
-        return optimal_table(self.ref, self.rewards, self.tau)
+    def optimal(self, tau: float) -> torch.Tensor:
+        """log π*_τ of the raw reward at `tau` (raw reward units): (N, Y)."""
+        return optimal_table(self.ref, self.rewards, tau)
 
-    def log_z(self, tau: float, shift: float = 0.0, scale: float = 1.0) -> torch.Tensor:
-        """log Z_τ(x) for the rewards (r − shift)/scale, the units an objective trains in: (N,)."""
-        return log_partition(self.ref, (self.rewards - shift) / scale, tau)
+    def log_z(self, tau: float, scale=None) -> torch.Tensor:
+        """log Z_τ(x) of the rewards an objective trains on, `scale(r)` (a `data.RewardScale`; None:
+        the raw reward), at that objective's τ: (N,)."""
+        return log_partition(self.ref, self.rewards if scale is None else scale(self.rewards), tau)
 
     def per_sample(self, values: torch.Tensor, prompts: list) -> torch.Tensor:
         """values (N,) per prompt of this oracle → one per entry of `prompts` (texts)."""
@@ -235,20 +248,11 @@ class Oracle:
             raise ValueError(f"{len(missing)} prompt(s) are not in the exact tables, e.g. {missing[0]!r}")
         return values[torch.tensor([row[p] for p in prompts])]
 
-    def measures(self, table: torch.Tensor) -> dict:
-        """The exact metrics of one policy's table, averaged over the prompts."""
-        return {"exact_reward": float(expected(table, self.rewards).mean()),
-                "exact_gold": float(expected(table, self.gold).mean()),
-                "exact_kl": float(kl(table, self.ref).mean()),
-                "exact_kl_to_optimal": float(kl(table, self.optimal()).mean()),
-                "regret": float(regret(table, self.ref, self.rewards, self.tau).mean())}
-
     def frontier(self, taus) -> list[dict]:
         return frontier(self.ref, self.rewards, taus)
 
 
-def oracle(model, enc, world, prompts: list[str], reward: str, tau: float,
-           autocast=contextlib.nullcontext) -> Oracle:
+def oracle(model, enc, world, prompts: list[str], reward: str, autocast=contextlib.nullcontext) -> Oracle:
     """The `Oracle` of an exact world on `prompts`, with `model` as π_ref."""
     if world.responses() is None:
         raise ValueError(f"the {world.name} world cannot be enumerated; exact quantities need an exact world")
@@ -256,7 +260,7 @@ def oracle(model, enc, world, prompts: list[str], reward: str, tau: float,
     responses = [enc.encode_ordinary(y) + [enc.eot_token] for y in world.responses()]
     ref = logprob_table(model, prompt_tokens, responses, enc.eot_token, autocast=autocast)
     return Oracle(list(prompts), prompt_tokens, responses, enc.eot_token, ref,
-                  reward_table(world, prompts, reward), reward_table(world, prompts, world.gold_reward), tau)
+                  reward_table(world, prompts, reward), reward_table(world, prompts, world.gold_reward))
 
 
 # A log-spaced grid of τ (raw reward units) wide enough to run from π_ref (large τ) to the

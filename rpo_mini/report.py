@@ -18,8 +18,9 @@ COLUMNS = [("reward", "reward"), ("gold", "gold"), ("win_rate", "win vs ref"), (
            ("distinct_1", "dist-1"), ("distinct_2", "dist-2"), ("toxicity_rate", "toxic"),
            ("fluency", "fluent"), ("length", "words"),
            # an exact world's sums over every response (rpo_mini/exact.py)
-           ("exact_reward", "exact r"), ("exact_kl", "exact KL"),
-           ("exact_kl_to_optimal", "KL to π*"), ("regret", "regret"), ("seconds", "time s")]
+           ("exact_reward", "exact r"), ("exact_kl", "exact KL"), ("own_tau", "τ raw"),
+           ("kl_to_own_optimum", "KL to π*"), ("regret", "regret"), ("ref_regret", "ref regret"),
+           ("seconds", "time s")]
 
 
 def aggregate(runs: dict) -> dict:
@@ -114,8 +115,9 @@ def plot_exact_frontier(metrics: dict, path: str) -> None:
     ex = metrics["exact"]
     front = sorted((p["kl"], p["reward"]) for p in ex["frontier"])
     ax.plot(*zip(*front), "-", color="black", lw=1.5, label="optimal frontier π*_τ")
-    ax.plot(ex["optimal"]["exact_kl"], ex["optimal"]["exact_reward"], "*", ms=14, color="black",
-            label=f"π*_τ at the comparison's τ = {ex['tau']:g}")
+    for opt in ex["optimal"]:
+        ax.plot(opt["exact_kl"], opt["exact_reward"], "*", ms=14, color="black",
+                label=f"π*_τ at τ = {opt['tau']:g} ({', '.join(o for o, t in ex['taus'].items() if t == opt['tau'])})")
     for name, row in metrics["policies"].items():
         ax.errorbar(row["exact_kl"], row["exact_reward"], xerr=row.get("exact_kl_ci"), yerr=row.get("exact_reward_ci"),
                     fmt="o", ms=8, capsize=3, color=COLORS.get(name), label=name)
@@ -149,10 +151,13 @@ def plot_reward_distributions(data, path: str, n_prompts: int = 12) -> None:
 
 def exact_note(ex: dict) -> list[str]:
     """What the exact columns mean, for report.md."""
+    taus = ", ".join(f"{o} τ = {t:g}" for o, t in ex["taus"].items())
     return [f"Exact columns: sums over every response to the {ex['prompts']} test prompts (no sampling). "
-            f"`exact r` = E_π[{ex['reward']}] (E_π[gold] is `exact_gold` in metrics.json), `exact KL` = KL(π‖π_ref); `KL to π*` and "
-            f"`regret` = J*_τ − J_τ(π) = τ·KL(π‖π*_τ) are at the comparison's τ = {ex['tau']:g} on z-scored rewards "
-            f"(τ = {ex['reward_tau']:.4g} in reward units, the τ of RPO).", ""]
+            f"`exact r` = E_π[{ex['reward']}] (E_π[gold] is `exact_gold` in metrics.json), `exact KL` = KL(π‖π_ref). "
+            "`KL to π*` and `regret` = J*_τ − J_τ(π) = τ·KL(π‖π*_τ) are at each policy's own τ "
+            f"({taus or 'none trained'} on z-scored rewards, times the rewards' std "
+            f"{ex['reward_scale']:.4g} in reward units: the `τ raw` column); KTO and SFT have no τ and are "
+            "measured at the τ whose optimum spends their KL. `ref regret` is π_ref's regret at the same τ.", ""]
 
 
 def write_all(out: str, metrics: dict, histories: dict, data, world, reward: str, sweep: dict | None = None,

@@ -28,7 +28,7 @@ from . import checkpoint, exact, runtime, training
 from .align import OBJECTIVES, align
 from .collect import collect
 from .config import AlignConfig, stage_key, to_dict
-from .data import DatasetError, read_jsonl, reward_stats, write_jsonl
+from .data import DatasetError, read_jsonl, write_jsonl
 from .evaluate import MIN_FLUENCY, sample_and_score, summarize
 from .files import write_json
 from .model import GPT, GPTConfig
@@ -280,21 +280,13 @@ def policy(ctx: Context, objective: str, seed: int, base: Artifact, data: Artifa
 
 # --- the exact world's ground truth -------------------------------------------------------------
 
-def oracle(ctx: Context, world, tok: Artifact, base: Artifact, prompts: list[str], reward: str,
-           tau: float) -> exact.Oracle | None:
+def oracle(ctx: Context, world, tok: Artifact, base: Artifact, prompts: list[str], reward: str) -> exact.Oracle | None:
     """In an exact world, π_ref's log-prob and the rewards of every response to every prompt in
-    `prompts`, with `tau` the comparison's τ in raw reward units (`exact.Oracle`); None elsewhere."""
+    `prompts` (`exact.Oracle`; its measures take the τ they are made at); None elsewhere."""
     if world.responses() is None:
         return None
     with ctx.timed("exact"):
-        return exact.oracle(base.value, tok.value, world, prompts, reward, tau, ctx.autocast)
-
-
-def comparison_tau(data: Artifact, cfg: AlignConfig) -> tuple[float, float]:
-    """(τ, τ in raw reward units) of the exact comparison: RPO's τ (--tau when given), times the
-    training rewards' std when the objectives z-score them (π* of r/σ at τ is π* of r at τσ)."""
-    tau = cfg.tau_for("rpo")
-    return tau, tau * (reward_stats(data.value.rewards)[1] if cfg.rewards_zscore else 1.0)
+        return exact.oracle(base.value, tok.value, world, prompts, reward, ctx.autocast)
 
 
 # --- evaluation ----------------------------------------------------------------------------------

@@ -59,8 +59,8 @@ def naive_restricted_logp(model, prompt, response):
     return total
 
 
-def oracle_of(m, prompts, tau=0.1):
-    return exact.oracle(m.base.value, m.tok.value, m.world, prompts, m.world.default_reward, tau)
+def oracle_of(m, prompts):
+    return exact.oracle(m.base.value, m.tok.value, m.world, prompts, m.world.default_reward)
 
 
 # --- the response space and the tables -------------------------------------------------------
@@ -78,7 +78,7 @@ def test_the_response_space_is_every_digit_string_and_each_digit_is_one_token(ar
 @pytest.mark.parametrize("which", ["fresh", "trained"])
 def test_every_row_of_the_table_is_a_distribution_over_the_enumerated_responses(arith, which):
     model = fresh(arith) if which == "fresh" else arith.base.value
-    o = exact.oracle(model, arith.tok.value, arith.world, arith.world.test_prompts[:6], "partial", 0.1)
+    o = exact.oracle(model, arith.tok.value, arith.world, arith.world.test_prompts[:6], "partial")
     assert o.ref.shape == (6, 1110) and o.ref.dtype == F64
     assert torch.allclose(o.ref.logsumexp(-1), torch.zeros(6, dtype=F64), atol=1e-5)
 
@@ -97,7 +97,7 @@ def test_table_entries_equal_a_float64_loop_over_single_sequences(arith):
 def test_restricted_sampling_yields_enumerated_responses_with_the_tables_log_probs(arith, which):
     model, enc = (fresh(arith) if which == "fresh" else arith.base.value), arith.tok.value
     prompts = arith.world.test_prompts[:5]
-    o = exact.oracle(model, enc, arith.world, prompts, "partial", 0.1)
+    o = exact.oracle(model, enc, arith.world, prompts, "partial")
     column = {tuple(y): c for c, y in enumerate(o.response_tokens)}
     toks = [enc.encode_ordinary(p) for p in prompts] * 80
     responses, logps = sample_responses(model, toks, enc.eot_token, 4, torch.Generator().manual_seed(0))
@@ -212,8 +212,7 @@ def hand_oracle(seed=0, n=3, y=4):
     rewards = torch.rand(n, y, generator=g, dtype=F64) * 2
     gold = torch.rand(n, y, generator=g, dtype=F64)
     return exact.Oracle(prompts=[f"p{i}" for i in range(n)], prompt_tokens=[[i] for i in range(n)],
-                        response_tokens=[[j, 0] for j in range(y)], eot=0, ref=ref, rewards=rewards, gold=gold,
-                        tau=1.0)
+                        response_tokens=[[j, 0] for j in range(y)], eot=0, ref=ref, rewards=rewards, gold=gold)
 
 
 def naive_log_optimum(o, tau):
@@ -253,14 +252,18 @@ def test_matched_tau_recovers_the_tau_whose_optimum_spends_the_target_kl(tau0):
 def test_compare_on_the_optimum_itself_finds_no_gap_no_kl_and_no_regret():
     o, tau0 = hand_oracle(), 0.4
     star = torch.tensor(naive_optimum(o, tau0), dtype=F64).log()
-    c = exact.compare(o, star, own_tau=tau0)
+    c = exact.compare(o, star, tau=tau0)
     assert c["matched_tau"] == pytest.approx(tau0, rel=1e-6)
     assert c["frontier_gap"] == pytest.approx(0.0, abs=1e-9)
     assert c["kl_to_matched_optimum"] == pytest.approx(0.0, abs=1e-9)
     assert c["regret"] == pytest.approx(0.0, abs=1e-9) and c["kl_to_own_optimum"] == pytest.approx(0.0, abs=1e-9)
     # at another τ the same policy is not optimal: positive regret
-    assert exact.compare(o, star, own_tau=2.0)["regret"] > 1e-3
-    assert "regret" not in exact.compare(o, star)  # no own τ, no regret
+    assert exact.compare(o, star, tau=2.0)["regret"] > 1e-3
+    assert c["tau_from"] == "trained" and c["own_tau"] == tau0
+    # no τ of its own (KTO, SFT): compared at the matched τ, where the optimum is this very policy
+    m = exact.compare(o, star)
+    assert m["tau_from"] == "matched" and m["own_tau"] == m["matched_tau"]
+    assert m["regret"] == pytest.approx(0.0, abs=1e-9) and m["kl_to_own_optimum"] == m["kl_to_matched_optimum"]
 
 
 def test_compare_on_random_policies_against_naive_loops_and_the_frontier():
@@ -275,7 +278,7 @@ def test_compare_on_random_policies_against_naive_loops_and_the_frontier():
         table = torch.log_softmax(2 * torch.randn(3, 4, generator=g, dtype=F64), -1)
         pi = table.exp().tolist()
         own = [0.1, 0.5, 2.0][trial % 3]
-        c = exact.compare(o, table, own_tau=own)
+        c = exact.compare(o, table, tau=own)
         assert c["exact_reward"] == pytest.approx(naive_mean(pi, r_rows), rel=1e-12)
         assert c["exact_gold"] == pytest.approx(naive_mean(pi, gold_rows), rel=1e-12)
         assert c["exact_kl"] == pytest.approx(naive_kl(pi, ref_rows), rel=1e-9, abs=1e-12)
@@ -293,6 +296,7 @@ def test_compare_on_random_policies_against_naive_loops_and_the_frontier():
         own_star = naive_log_optimum(o, own)
         assert c["kl_to_own_optimum"] == pytest.approx(naive_kl(pi, own_star), rel=1e-9, abs=1e-12)
         assert c["regret"] == pytest.approx(own * c["kl_to_own_optimum"], rel=1e-9, abs=1e-12)
+        assert c["ref_regret"] == pytest.approx(own * naive_kl(o.ref.exp().tolist(), own_star), rel=1e-9)
     assert clamped < 25 // 5  # the interesting case, equal KL, is most of them
 
 
@@ -396,18 +400,18 @@ def test_rpo_on_the_whole_response_space_with_the_exact_partition_reaches_the_op
     m = arith
     prompts = m.world.test_prompts[:3]
     tau = 0.2
-    o = oracle_of(m, prompts, tau)
+    o = oracle_of(m, prompts)
     target = o.rewards / tau - o.log_z(tau)[:, None]                     # (N, Y)
     policy = copy.deepcopy(m.base.value).requires_grad_(True).train()
     opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
-    start = exact.kl(o.ref, o.optimal()).mean().item()
+    start = exact.kl(o.ref, o.optimal(tau)).mean().item()
     for _ in range(300):
         table = exact.logprob_table(policy, o.prompt_tokens, o.response_tokens, o.eot, requires_grad=True)
         loss = 0.5 * (o.ref.exp() * (table - o.ref - target) ** 2).sum(-1).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    end = exact.kl(o.table(policy.eval()), o.optimal()).mean().item()
+    end = exact.kl(o.table(policy.eval()), o.optimal(tau)).mean().item()
     assert start > 0.5 and end < 0.1 * start, (start, end)
 
 
@@ -423,43 +427,100 @@ def arithmetic_run(out, *extra):
     return json.loads((out / "metrics.json").read_text()), r
 
 
+RUN_TAUS = {"rpo": 1.0, "dro": 0.3}  # RPO's τ ≠ DRO's: a comparison at one shared τ is caught
+
+
 @pytest.fixture(scope="module")
 def exact_run(tmp_path_factory):
-    return arithmetic_run(tmp_path_factory.mktemp("exact"), "--objectives", "sft,rpo", "--estimator", "exact")
+    return arithmetic_run(tmp_path_factory.mktemp("exact"), "--objectives", "sft,dro,rpo", "--estimator", "exact",
+                          "--rpo_tau", str(RUN_TAUS["rpo"]), "--dro_tau", str(RUN_TAUS["dro"]))
+
+
+def dataset_std(metrics):
+    import statistics
+    with open(metrics["artifacts"]["dataset"]) as f:
+        return statistics.stdev(json.loads(line)["reward"] for line in f)
 
 
 def test_the_arithmetic_run_reports_exact_metrics_for_every_policy(exact_run):
     metrics, r = exact_run
     ex = metrics["exact"]
-    assert ex["tau"] == 1.0 and ex["reward"] == "partial"   # RPO's τ in the arithmetic world
+    assert ex["taus"] == RUN_TAUS and ex["reward"] == "partial"
     # the objectives train on z-scored rewards at τ: in reward units that is τ times their std
-    import statistics
-    with open(metrics["artifacts"]["dataset"]) as f:
-        rewards = [json.loads(line)["reward"] for line in f]
-    assert ex["reward_tau"] == pytest.approx(ex["tau"] * statistics.stdev(rewards), rel=1e-9)
+    sigma = dataset_std(metrics)
+    assert ex["reward_scale"] == pytest.approx(sigma, rel=1e-9)
     for name, row in metrics["policies"].items():
-        for key in ("exact_reward", "exact_kl", "exact_kl_to_optimal", "regret"):
+        for key in ("exact_reward", "exact_kl", "exact_gold"):
             assert math.isfinite(row[key]), (name, key)
-        assert row["regret"] >= 0 and row["exact_kl_to_optimal"] >= 0 and row["exact_kl"] >= -1e-9
-        # regret = τ·KL(π‖π*) with τ in reward units
-        assert row["regret"] == pytest.approx(ex["reward_tau"] * row["exact_kl_to_optimal"], rel=1e-6, abs=1e-9)
+        assert row["exact_kl"] >= -1e-9
         # below the frontier: E_π[r] − t·KL(π‖π_ref) ≤ J*_t = E_π*[r] − t·KL(π*‖π_ref) at every t
         for p in ex["frontier"]:
             assert row["exact_reward"] - p["tau"] * row["exact_kl"] <= p["reward"] - p["tau"] * p["kl"] + 1e-9
+        if name == "reference":
+            continue
+        assert row["regret"] >= 0 and row["kl_to_own_optimum"] >= 0
+        # regret = τ·KL(π‖π*) with τ the policy's own, in reward units; SFT has none: its matched τ
+        want_tau = RUN_TAUS[name] * sigma if name in RUN_TAUS else row["matched_tau"]
+        assert row["own_tau"] == pytest.approx(want_tau, rel=1e-9)
+        assert row["regret"] == pytest.approx(row["own_tau"] * row["kl_to_own_optimum"], rel=1e-6, abs=1e-9)
     assert metrics["policies"]["reference"]["exact_kl"] == pytest.approx(0, abs=1e-9)
-    assert ex["optimal"]["regret"] == pytest.approx(0, abs=1e-9)
+    assert [o["tau"] for o in ex["optimal"]] == sorted(set(RUN_TAUS.values()))
     out = os.path.dirname(os.path.dirname(metrics["artifacts"]["base"]))
     assert open(os.path.join(out, metrics["plots"]["exact_frontier"]), "rb").read()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "KL to π*" in r.stdout and "regret" in r.stdout
-    assert "τ = 1 on z-scored rewards" in open(os.path.join(out, "report.md")).read()
+    assert "at each policy's own τ (dro τ = 0.3, rpo τ = 1 on z-scored rewards" in \
+        open(os.path.join(out, "report.md")).read()
+
+
+def test_dro_is_measured_at_its_own_tau_not_rpos(exact_run):
+    """DRO trained at τ = 0.3, RPO at τ = 1: DRO's reported regret is τ_dro·σ·KL(π_dro‖π*_{τ_dro·σ}),
+    recomputed here from its checkpoint by a float64 loop over every enumerated response, and
+    differs from the same policy's regret at RPO's τ."""
+    from rpo_mini.model import GPT, GPTConfig
+    from rpo_mini.tokenizer import load_encoding
+    from rpo_mini.worlds import WorldConfig, make_world
+
+    metrics, _ = exact_run
+    cfg = metrics["config"]
+    world = make_world(WorldConfig(**cfg["world"]))
+    enc = load_encoding(metrics["artifacts"]["tokenizer"])
+
+    def load(path):
+        ckpt = torch.load(path, weights_only=True)
+        model = GPT(GPTConfig(**ckpt["model_config"]))
+        model.load_state_dict(ckpt["model"])
+        return model.eval()
+    base = load(metrics["artifacts"]["base"])
+    dro = load(metrics["policies"]["dro"]["checkpoints"][0])
+    prompts = world.test_prompts[:cfg["eval"]["eval_prompts"] or None]
+    reward = world.rewards()["partial"]
+    responses = [enc.encode_ordinary(y) + [enc.eot_token] for y in world.responses()]
+    toks = [enc.encode_ordinary(p) for p in prompts]
+    ref = exact.logprob_table(base, toks, responses, enc.eot_token).tolist()
+    pol = exact.logprob_table(dro, toks, responses, enc.eot_token).tolist()
+    sigma = dataset_std(metrics)
+
+    def regret_at(tau):  # τ·KL(π‖π*_τ), π*_τ ∝ π_ref e^{r/τ}, by hand
+        total = 0.0
+        for x, p in enumerate(prompts):
+            s = [lr + reward(p, y) / tau for lr, y in zip(ref[x], world.responses())]
+            m = max(s)
+            log_z = m + math.log(sum(math.exp(v - m) for v in s))
+            total += sum(math.exp(lp) * (lp - (v - log_z)) for lp, v in zip(pol[x], s))
+        return tau * total / len(prompts)
+    row = metrics["policies"]["dro"]
+    assert row["regret"] == pytest.approx(regret_at(RUN_TAUS["dro"] * sigma), rel=1e-5, abs=1e-8)
+    assert abs(row["regret"] - regret_at(RUN_TAUS["rpo"] * sigma)) > 1e-3
 
 
 def test_the_same_seed_gives_the_same_exact_numbers(exact_run, tmp_path):
-    again, _ = arithmetic_run(tmp_path, "--objectives", "rpo", "--estimator", "exact")
+    again, _ = arithmetic_run(tmp_path, "--objectives", "rpo", "--estimator", "exact", "--rpo_tau",
+                              str(RUN_TAUS["rpo"]))
     first = exact_run[0]
     for name in ("reference", "rpo"):
-        for key in ("exact_reward", "exact_kl", "exact_kl_to_optimal", "regret", "reward", "gold"):
-            assert again["policies"][name][key] == first["policies"][name][key], (name, key)
+        for key in ("exact_reward", "exact_kl", "kl_to_own_optimum", "regret", "reward", "gold"):
+            if key in first["policies"][name]:
+                assert again["policies"][name][key] == first["policies"][name][key], (name, key)
 
 
 def test_the_exact_estimator_is_refused_outside_an_exact_world(tmp_path):
@@ -491,7 +552,7 @@ def test_the_exact_estimator_trains_on_log_z_of_the_z_scored_rewards(arith):
 
     data, enc, world = arith.data.value, arith.tok.value, arith.world
     prompts = sorted({rec["prompt"] for rec in data.records})
-    o = exact.oracle(arith.base.value, enc, world, prompts, "partial", 1.0)
+    o = exact.oracle(arith.base.value, enc, world, prompts, "partial")
     raw = [rec["reward"] for rec in data.records]
     mu, sigma = statistics.fmean(raw), statistics.stdev(raw)
     tau = 0.7

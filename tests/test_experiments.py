@@ -242,7 +242,11 @@ def _load(out, name):
                 "config", "grid", "jobs"):
         assert key in d, (name, key)
     assert d["experiment"] == name and d["quick"] is True and d["seeds"] == [0, 1]
-    assert d["config"]["align"]["steps"] == runner.QUICKER["align"]["steps"]
+    # what its jobs ran, per world: the quick sizes, and a grid's own fields among the varied ones
+    for world, c in d["config"].items():
+        assert c["config"]["align"]["steps"] == runner.QUICKER["align"]["steps"] and c["jobs"] > 0
+        assert world == c["config"]["world"]["name"]
+        assert c["config"]["pretrain"]["pretrain_steps"] == runner.QUICKER["pretrain"]["pretrain_steps"]
     return d
 
 
@@ -277,7 +281,7 @@ def test_quick_frontiers(quick_all, name):
     assert set(s["matched"]) == set(frontier.MATCHED)
     assert [e["kl"] for e in s["matched"]["gold"]] == list(frontier.KL_TARGETS)
     if name == "offpolicy":
-        assert d["config"]["collect"]["off_policy"] is False  # the base config; the jobs turn it on
+        assert d["config"]["reviews"]["config"]["collect"]["off_policy"] is True  # what its jobs ran
         assert "rpo-ref" in s["tuned"] or "rpo-ref" in s["best_gold_under_kl"]
 
 
@@ -286,8 +290,14 @@ def _check_exact(row):
     for r in row["per_seed"]:
         assert r["exact_kl"] >= -1e-9 and r["frontier_gap"] >= -1e-9 and r["kl_to_matched_optimum"] >= -1e-9
         assert 0 <= r["exact_gold"] <= 1  # the gold reward is "correct": 0 or 1
-        if "regret" in r:  # RPO and DRO: regret at the τ they trained with = τ · KL(π‖π*_τ)
-            assert r["regret"] == pytest.approx(r["own_tau"] * r["kl_to_own_optimum"], rel=1e-6, abs=1e-12)
+        # regret = τ · KL(π‖π*_τ) at the τ the policy trained with, its own in reward units (RPO, DRO:
+        # the row's τ times the rewards' std, never another objective's); KTO, SFT: the matched τ
+        assert r["regret"] == pytest.approx(r["own_tau"] * r["kl_to_own_optimum"], rel=1e-6, abs=1e-12)
+        tau = row["setting"].get(runner.tau_field(row["variant"])) if row["variant"][:3] in ("rpo", "dro") else None
+        if tau is not None:
+            assert r["tau_from"] == "trained" and r["own_tau"] == pytest.approx(tau * r["reward_scale"], rel=1e-12)
+        elif row["variant"][:3] in ("kto", "sft"):
+            assert r["tau_from"] == "matched" and r["own_tau"] == r["matched_tau"]
 
 
 def test_quick_optimum(quick_all):
