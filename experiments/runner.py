@@ -349,7 +349,10 @@ def train(job: Job) -> dict:
            "final_loss": history["train"][-1]["loss"], "train_seconds": history.get("seconds", 0.0)}
     if m.world.responses() is not None:  # at the τ this policy trained with (KTO, SFT: the matched τ)
         scale = reward_scale(data.value.rewards, cfg.align.rewards_zscore)
-        out |= {"reward_scale": scale.scale} | exact_measures(m, policy.value, scale.raw_tau(cfg.align.tau_for(objective)))
+        tau = scale.raw_tau(cfg.align.tau_for(objective))
+        val = exact.compare(val_oracle(m), val_oracle(m).table(policy.value, m.ctx.autocast), tau)
+        out |= {"reward_scale": scale.scale} | exact_measures(m, policy.value, tau) | \
+            {f"val_{k}": val[k] for k in VAL_EXACT}
     if job.params.get("values") and cfg.align.dro_value == "network":  # DRO: V(x)/τ on the training prompts
         out["values"] = dro_values(m, policy.path, cfg.align.tau_for("dro"))
     if job.params.get("inflation"):
@@ -381,14 +384,23 @@ def inflation(m: JobMaterials, data, policy, objective: str, cfg, values=None) -
 
 
 VAL_METRICS = ("reward", "gold", "gated_gold", "kl", "fluency")
-_ORACLES = {}  # per process: base key → the exact world's oracle on the test prompts
+VAL_EXACT = ("exact_reward", "exact_gold", "exact_kl", "regret")  # exact measures on validation: fronts, selection
+_ORACLES = {}  # per process: (base key, reward, split) → the exact world's oracle on those prompts
 
 
 def test_oracle(m: JobMaterials):
     """The oracle (π_ref's and the rewards' tables) on the evaluated test prompts, once per base model."""
-    key = (m.base.key, m.reward)
+    return _oracle(m, "test", m.world.test_prompts[:m.cfg.eval.eval_prompts or None])
+
+
+def val_oracle(m: JobMaterials):
+    """The oracle on as many validation prompts as test prompts are evaluated."""
+    return _oracle(m, "val", m.world.val_prompts[:m.cfg.eval.eval_prompts or None])
+
+
+def _oracle(m, split, prompts):
+    key = (m.base.key, m.reward, split)
     if key not in _ORACLES:
-        prompts = m.world.test_prompts[:m.cfg.eval.eval_prompts or None]
         _ORACLES[key] = stages.oracle(m.ctx, m.world, m.tok, m.base, prompts, m.reward)
     return _ORACLES[key]
 
