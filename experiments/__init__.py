@@ -12,6 +12,8 @@ plot and tables:
                    π*_τ and gap to the exact optimal frontier
     partition      K from 2 to 64 in the exact world: RPO's "mean", "loo", "ref" and "exact"
                    partitions against DRO, and each log Ẑ(x) against the enumerated log Z(x)
+    gap            the exact world's gap to the optimum split into generalisation, estimation,
+                   sampling (K, and the population loss K = ∞) and optimisation, along training
     value          DRO's V(x)/τ over alignment seeds vs the bootstrap spread of RPO's log Ẑ(x),
                    both against the exact log Z(x)
     offpolicy      frontier on data from the world's off-policy generator, with RPO's "ref"
@@ -56,10 +58,11 @@ first, one job per base model, so that the training jobs only read them.
 from .cost import COST
 from .exact_world import EXACT_HETEROGENEITY, EXACT_OFFPOLICY, OPTIMUM, PARTITION, VALUE
 from .frontier import FRONTIER, OFFPOLICY
+from .gap import GAP
 from .heterogeneity import HETEROGENEITY
 from .paper import PAPER_PRESET
 from .variance import VARIANCE
 
 # Every experiment, in the order `all` runs them.
-EXPERIMENTS = {e.name: e for e in (FRONTIER, OPTIMUM, PARTITION, VALUE, OFFPOLICY, EXACT_OFFPOLICY, HETEROGENEITY,
+EXPERIMENTS = {e.name: e for e in (FRONTIER, OPTIMUM, GAP, PARTITION, VALUE, OFFPOLICY, EXACT_OFFPOLICY, HETEROGENEITY,
                                    EXACT_HETEROGENEITY, VARIANCE, COST, PAPER_PRESET)}

@@ -107,6 +107,22 @@ def _group_mean(values, group, counts):
     return sums / counts.to(values.dtype)
 
 
+def _mean(values, weights=None):
+    """mean(values), or the weighted mean sum(w * values) / sum(w). With weights pi_ref(y|x)
+    over every response of an enumerated space, a loss becomes its exact expectation under
+    pi_ref: what the loss on K sampled responses per prompt tends to as K grows."""
+    if weights is None:
+        return values.mean()
+    return (weights * values).sum() / weights.sum()
+
+
+def _check_weights(weights, like):
+    if weights is not None:
+        _validate(like=like, weights=weights)
+        if (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError("weights must be >= 0 with a positive sum")
+
+
 def _near(a, b):
     """Floating tolerance for 'equal to the mean': a group of equal rewards must tie with its
     own mean even though summing then dividing can round the mean by an ulp or two."""
@@ -305,40 +321,44 @@ def group_sizes(prompt_ids):
 # the losses
 # ---------------------------------------------------------------------------------------
 
-def rpo_loss(policy_logps, ref_logps, rewards, log_z, tau):
+def rpo_loss(policy_logps, ref_logps, rewards, log_z, tau, weights=None):
     """Reward Partition Optimization loss (arXiv 2506.13702).
 
     All inputs (B,); log_z from log_partition, fixed during training.
       rho    = policy_logps - ref_logps
       target = r / tau - log Z_hat(x)
       L      = 0.5 * mean((rho - target)^2)
+    weights (B,), optional: a weighted mean instead (every response of an enumerated space
+    weighted by pi_ref(y|x): the loss's exact expectation, its K -> infinity limit).
     Why: the squared error is zero exactly when pi_theta = pi_ref exp((r - V*)/tau), the
     KL-regularised optimum, with no value network to learn.
     """
     _validate(policy_logps=policy_logps, ref_logps=ref_logps, rewards=rewards, log_z=log_z)
+    _check_weights(weights, policy_logps)
     rho = policy_logps - ref_logps
     target = rpo_targets(rewards, log_z, tau)
     residual = rho - target
-    loss = 0.5 * (residual ** 2).mean()
+    loss = 0.5 * _mean(residual ** 2, weights)
     metrics = {"loss": float(loss.detach())}
     metrics.update(_means(residual=residual, abs_residual=residual.abs(), log_ratio=rho, target=target))
     return loss, metrics
 
 
-def dro_loss(policy_logps, ref_logps, rewards, values, tau):
+def dro_loss(policy_logps, ref_logps, rewards, values, tau, weights=None):
     """Direct Reward Optimization loss (arXiv 2405.19107), scaled by 1/tau^2 to match RPO.
 
-    All inputs (B,); values = V_phi(x) from the value network.
+    All inputs (B,); values = V_phi(x) from the value network; weights as in rpo_loss.
       L = 0.5 * mean((policy_logps - ref_logps - (r - V_phi(x)) / tau)^2)
     Gradients reach both the policy log-probs and the values (nothing detached): with separate
     policy and value parameters this joint loss gives DRO's two gradients.
     Why: the same regression as RPO, but the shift V*(x) is learned instead of estimated.
     """
     tau = _validate(tau, policy_logps=policy_logps, ref_logps=ref_logps, rewards=rewards, values=values)
+    _check_weights(weights, policy_logps)
     rho = policy_logps - ref_logps
     target = (_float(rewards) - values) / tau
     residual = rho - target
-    loss = 0.5 * (residual ** 2).mean()
+    loss = 0.5 * _mean(residual ** 2, weights)
     metrics = {"loss": float(loss.detach())}
     metrics.update(_means(residual=residual, abs_residual=residual.abs(), log_ratio=rho,
                           target=target, value=values))
@@ -346,11 +366,13 @@ def dro_loss(policy_logps, ref_logps, rewards, values, tau):
 
 
 def kto_loss(policy_logps, ref_logps, desirable, kl_policy_logps, kl_ref_logps,
-             beta=0.1, desirable_weight=1.0, undesirable_weight=1.0, clamp_z0=True):
+             beta=0.1, desirable_weight=1.0, undesirable_weight=1.0, clamp_z0=True, weights=None,
+             kl_weights=None):
     """Kahneman-Tversky Optimization loss (arXiv 2402.01306).
 
     policy_logps, ref_logps, desirable (bool) (B,); kl_* (M,): log-probs of mismatched pairs
-    (prompt i with another sample's response, see kto_mismatched).
+    (prompt i with another sample's response, see kto_mismatched). weights (B,) and
+    kl_weights (M,), optional: weighted means for L and z0 (as in rpo_loss).
       rho = policy_logps - ref_logps
       z0  = mean(kl_policy_logps - kl_ref_logps), no gradient, clamped at >= 0 if clamp_z0
       L_i = desirable_weight   * (1 - sigmoid(beta * (rho_i - z0)))   if desirable_i
@@ -364,15 +386,17 @@ def kto_loss(policy_logps, ref_logps, desirable, kl_policy_logps, kl_ref_logps,
     _validate(kl_policy_logps=kl_policy_logps, kl_ref_logps=kl_ref_logps)
     if not (math.isfinite(beta) and beta > 0):
         raise ValueError(f"beta must be a finite number > 0, got {beta}")
+    _check_weights(weights, policy_logps)
+    _check_weights(kl_weights, kl_policy_logps)
     desirable = desirable.bool()
     rho = policy_logps - ref_logps
     # z0 is a baseline, not something to optimise: detached, as in the paper and TRL.
-    z0 = (kl_policy_logps - kl_ref_logps).detach().mean()
+    z0 = _mean((kl_policy_logps - kl_ref_logps).detach(), kl_weights)
     if clamp_z0:
         z0 = z0.clamp(min=0)
     gain = desirable_weight * (1 - torch.sigmoid(beta * (rho - z0)))
     loss_side = undesirable_weight * (1 - torch.sigmoid(beta * (z0 - rho)))
-    loss = torch.where(desirable, gain, loss_side).mean()
+    loss = _mean(torch.where(desirable, gain, loss_side), weights)
     rho_d = rho.detach()
     nan = float("nan")  # an empty side has no mean log-ratio; the loss itself stays finite
     metrics = {

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from experiments import EXPERIMENTS, frontier, runner, stats, variance
+from experiments import EXPERIMENTS, frontier, gap, runner, stats, variance
 from experiments.tables import writeup
 from rpo_mini.align import Alignment, prepare
 from rpo_mini.config import AlignConfig
@@ -420,3 +420,25 @@ def test_writeup_fills_the_marked_sections(quick_all, tmp_path):
     assert f"{os.path.relpath(out, tmp_path)}/frontier.png" in filled
     assert (out / "TABLES.md").read_text().count("## ") == len(EXPERIMENTS)
     assert all(f"## {n}" in text for n in EXPERIMENTS)
+
+
+def test_quick_gap(quick_all):
+    """The four parts of each method's test regret add up to it, per replicate; RPO's three
+    estimators share one population run; K = ∞ is the population loss."""
+    d = _load(quick_all[0], "gap")
+    dec = d["decomposition"]
+    assert set(dec) == set(gap.SAMPLED)
+    for v, row in dec.items():
+        assert len(row["per_seed"]) == 2
+        for parts in row["per_seed"].values():
+            assert sum(parts[p] for p in gap.PARTS) == pytest.approx(parts["total"], abs=1e-12)
+        if not row["has_estimation"]:
+            assert all(p["estimation"] == 0.0 for p in row["per_seed"].values())
+    assert dec["rpo-exact"]["estimation"][0] == 0.0
+    assert dec["rpo"]["optimisation"] == dec["rpo-loo"]["optimisation"] == dec["rpo-exact"]["optimisation"]
+    for r in d["runs"]:
+        first = r["trace"][0]
+        assert first["step"] == 0 and first["train_regret"] >= 0 and first["test_exact_kl"] == pytest.approx(0, abs=1e-9)
+        for c in r["trace"]:  # the mass adds up, and regret = τ·KL(π‖π*_τ) ≥ 0
+            assert c["test_mass_correct"] + c["test_mass_near_miss"] + c["test_mass_other"] == pytest.approx(1.0)
+            assert 0 <= c["train_mass_observed"] <= 1 + 1e-9 and c["test_regret"] >= -1e-12

@@ -562,3 +562,40 @@ def test_sft_loss_per_sequence_and_per_token():
     loss, _ = sft_loss(logps, num_tokens=torch.tensor([4, 1]))
     assert loss.item() == pytest.approx(1.2)  # (4 + 2) / 5 tokens
     assert metrics["logp"] == pytest.approx(-3.0)
+
+
+# --- weights: a loss's exact expectation over an enumerated response space --------------------
+
+def _repeat(t, counts):
+    return torch.repeat_interleave(t, counts)
+
+
+def test_weighted_losses_equal_the_plain_losses_on_samples_repeated_by_their_weights():
+    """Integer weights w_i: the weighted loss must equal the unweighted loss on a batch where
+    sample i appears w_i times (so weights π_ref(y|x) give E_{y~π_ref} of the loss)."""
+    g = torch.Generator().manual_seed(3)
+    n = 7
+    counts = torch.tensor([1, 3, 0, 2, 5, 1, 4])
+    w = counts.double()
+    pol, ref = torch.randn(n, generator=g, dtype=torch.float64), torch.randn(n, generator=g, dtype=torch.float64)
+    r, log_z = torch.randn(n, generator=g, dtype=torch.float64), torch.randn(n, generator=g, dtype=torch.float64)
+    values = torch.randn(n, generator=g, dtype=torch.float64)
+    desirable = torch.tensor([True, False, True, True, False, False, True])
+    rep = lambda t: _repeat(t, counts)  # noqa: E731
+    got, _ = rpo_loss(pol, ref, r, log_z, 0.4, weights=w)
+    want, _ = rpo_loss(rep(pol), rep(ref), rep(r), rep(log_z), 0.4)
+    assert got.item() == pytest.approx(want.item(), rel=1e-12)
+    got, _ = dro_loss(pol, ref, r, values, 0.7, weights=w)
+    want, _ = dro_loss(rep(pol), rep(ref), rep(r), rep(values), 0.7)
+    assert got.item() == pytest.approx(want.item(), rel=1e-12)
+    kl_counts = torch.tensor([2, 0, 1, 1, 3, 2, 1])
+    kl_pol, kl_ref = torch.randn(n, generator=g, dtype=torch.float64) + 1, torch.randn(n, generator=g, dtype=torch.float64)
+    got, gm = kto_loss(pol, ref, desirable, kl_pol, kl_ref, beta=0.5, weights=w, kl_weights=kl_counts.double())
+    want, wm = kto_loss(rep(pol), rep(ref), rep(desirable), _repeat(kl_pol, kl_counts),
+                               _repeat(kl_ref, kl_counts), beta=0.5)
+    assert got.item() == pytest.approx(want.item(), rel=1e-12) and gm["z0"] == pytest.approx(wm["z0"], rel=1e-12)
+    # no weights is the plain mean, and bad weights are refused
+    plain, _ = rpo_loss(pol, ref, r, log_z, 0.4)
+    assert plain.item() == pytest.approx(rpo_loss(pol, ref, r, log_z, 0.4, weights=torch.ones(n))[0].item())
+    with pytest.raises(ValueError, match="weights"):
+        rpo_loss(pol, ref, r, log_z, 0.4, weights=-w)
