@@ -9,9 +9,10 @@ Every grid point is trained and evaluated for every seed. Three comparisons, non
 gives any objective a default of its own:
 
     upper envelope   the best mean test gold among an objective's settings at KL ≤ t
-    matched KL       per seed, each objective's Pareto front read at KL = t (linear between its
-                     two neighbouring settings, never extrapolated); differences to RPO paired
-                     by seed
+    matched KL       per seed, each objective's Pareto front chosen on validation and read on test
+                     at KL = t (linear between its two neighbouring settings, only when both lie
+                     within a factor MAX_KL_RATIO of t; never extrapolated); differences to RPO
+                     paired by seed
     tuned            per seed, the setting with the best fluency-gated validation gold (every
                      validation prompt, 4 samples each; a non-fluent sample scores as a
                      failure), its test metrics, differences to RPO's tuned setting paired by seed
@@ -20,7 +21,7 @@ gives any objective a default of its own:
 import itertools
 import math
 
-from rpo_mini.evaluate import mean_ci, over_seeds
+from rpo_mini.evaluate import MAX_KL_RATIO, mean_ci, over_seeds
 
 from .runner import Experiment, run_jobs, train_job
 from .stats import KL_THRESHOLDS, best_under_kl, make_rows, matched_kl, number, pareto_front, select_per_seed
@@ -185,8 +186,9 @@ def markdown(d) -> str:
         for e in s["matched"][metric]:
             lines.append([e["kl"], *[pmn(e["value"][v]) for v in variants],
                           *[pmn(e.get("minus_rpo", {}).get(v)) for v in variants if v != "rpo"]])
-        out += [f"Matched KL: each seed's Pareto front of test {metric} read at KL = t, mean ± 95% CI (seeds "
-                "where t is inside that seed's front); Δ = variant − RPO paired by seed:", "",
+        out += [f"Matched KL: each seed's Pareto front, chosen on validation (KL, {metric}) and read on test at "
+                f"KL = t between neighbours within a factor {MAX_KL_RATIO:g} of t, mean ± 95% CI (over the seeds "
+                "where that read exists; n = how many); Δ = variant − RPO paired by seed:", "",
                 table(["KL t", *variants, *[f"Δ {v}" for v in variants if v != "rpo"]], lines), ""]
     lines = [[v, ", ".join(f"{k} ×{n}" for k, n in t["chosen"].items()),
               *[pm(t["mean"].get(k), t["ci"].get(k)) for k in ("gold", "gated_gold", "kl")],

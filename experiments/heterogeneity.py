@@ -6,6 +6,7 @@ prompt, so here π* differs across prompts only through π_ref; `exact_heterogen
 rewards whose difficulty depends on the prompt.)
 """
 
+from rpo_mini.evaluate import MAX_KL_RATIO
 from rpo_mini.worlds import make_world, reward_spread
 
 from .runner import Experiment, run_jobs, tau_field, train_job
@@ -87,7 +88,8 @@ def markdown(d) -> str:
     return "\n".join([provenance(d), "", f"Learning rate {d['grid']['lr']:g} for every variant.", "", table(
         ["prior strength", "between/within spread", "τ", "RPO gold", "RPO-global gold", "DRO gold",
          "RPO − global (gold)", "RPO − DRO (gold)"], lines), "",
-        "Matched KL: each seed's front over τ read at KL = t (gold); Δ = variant − RPO paired by seed:", "",
+        "Matched KL: each seed's front over τ, chosen on validation and read on test at KL = t (gold) between "
+        f"neighbours within a factor {MAX_KL_RATIO:g} of t; Δ = variant − RPO paired by seed:", "",
         table(["prior strength", "KL t", *VARIANTS, *[f"Δ {v}" for v in VARIANTS[1:]]], matched), "",
         "All rows:", "", metric_table(d["rows"], extra=("prior_strength", "tau"))])
 

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from rpo_mini.evaluate import front_value_at, mean_ci, over_seeds, pareto_front  # noqa: F401 (the fronts live there)
+from rpo_mini.evaluate import MAX_KL_RATIO, front_value_at, mean_ci, over_seeds, pareto_front  # noqa: F401 (the fronts live there)
 
 KL_THRESHOLDS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, None)  # nats per response; None = no limit
 
@@ -57,26 +57,33 @@ def best_under_kl(points: list, thresholds=KL_THRESHOLDS) -> list:
 
 
 def per_seed_points(rows: list, variant: str, metric: str) -> dict:
-    """{seed: [(kl, metric) of each setting]} of one variant's rows (diverged runs left out)."""
+    """{seed: [(kl, metric, val_kl, val_metric) of each setting]}: test and validation coordinates of
+    one variant's rows (diverged runs and runs without those values left out)."""
     out = {}
     for r in rows:
         if r["variant"] == variant:
             for res in r["per_seed"]:
-                if not res.get("diverged") and all(math.isfinite(number(res.get(k))) for k in ("kl", metric)):
-                    out.setdefault(res["seed"], []).append((res["kl"], res[metric]))
+                keys = ("kl", metric, "val_kl", f"val_{metric}")
+                if not res.get("diverged") and all(math.isfinite(number(res.get(k))) for k in keys):
+                    out.setdefault(res["seed"], []).append(tuple(res[k] for k in keys))
     return out
 
 
-def matched_kl(rows: list, variants: list, metric: str, targets, against: str = "rpo") -> list:
-    """At each target KL t: every variant's upper-envelope `metric` (`front_value_at`) per seed, its
-    mean ± interval over the seeds where t lies inside that seed's front, and the difference
-    variant − `against`, paired by seed over the seeds where both are defined."""
+def matched_kl(rows: list, variants: list, metric: str, targets, against: str = "rpo",
+               max_ratio: float = MAX_KL_RATIO) -> list:
+    """At each target KL t: every variant's upper-envelope `metric` per seed — the Pareto front of its
+    settings chosen on *validation* (KL, metric), read on *test* at KL t (`front_value_at`, only
+    between neighbours within `max_ratio` of t) — its mean ± interval over the seeds where t can be
+    read, and the difference variant − `against`, paired by seed over the seeds where both can."""
     pts = {v: per_seed_points(rows, v, metric) for v in variants}
+
+    def read(p, t):
+        return front_value_at([(a, b) for a, b, _, _ in p], t, max_ratio, pareto_front([(c, d) for _, _, c, d in p]))
     out = []
     for t in targets:
-        at = {v: {s: front_value_at(p, t) for s, p in pts[v].items()} for v in variants}
+        at = {v: {s: read(p, t) for s, p in pts[v].items()} for v in variants}
         at = {v: {s: x for s, x in d.items() if x is not None} for v, d in at.items()}
-        entry = {"kl": t, "value": {v: [*mean_ci(d.values()), len(d)] for v, d in at.items()}}
+        entry = {"kl": t, "max_ratio": max_ratio, "value": {v: [*mean_ci(d.values()), len(d)] for v, d in at.items()}}
         if against in at:
             entry["minus_" + against] = {
                 v: [*mean_ci([d[s] - at[against][s] for s in d if s in at[against]]),

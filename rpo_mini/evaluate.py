@@ -113,15 +113,29 @@ def pareto_front(points: list) -> list:
     return [not any(k2 <= k and v2 >= v and (k2 < k or v2 > v) for k2, v2 in points) for k, v in points]
 
 
-def front_value_at(points: list, t: float) -> float | None:
+# A matched-KL read at KL t interpolates only between front points within this factor of t: a
+# chord across a sparse front (no setting near t) is no read at all.
+MAX_KL_RATIO = 2.0
+
+
+def front_value_at(points: list, t: float, max_ratio: float | None = None, on_front: list | None = None) -> float | None:
     """points: (kl, value) of one objective's settings in one replicate → the value of their upper
-    envelope at KL = t, read off the Pareto front (the points no other beats on both) by linear
-    interpolation between the two front points around t; None outside the front's KL range
-    (never extrapolated)."""
-    front = sorted(p for p, on in zip(points, pareto_front(points)) if on)
+    envelope at KL = t, by linear interpolation between the two front points around t.
+
+    The front is the points no other beats on both (lower KL, higher value), or `on_front`
+    (booleans, one per point) when it was chosen elsewhere — on validation, to be read on test.
+    None outside the front's KL range (never extrapolated), and, with `max_ratio`, when a
+    neighbour used lies farther than that factor from t (t/max_ratio ≤ kl ≤ t·max_ratio)."""
+    chosen = pareto_front(points) if on_front is None else on_front
+    front = sorted(p for p, on in zip(points, chosen) if on)
     if not front or not front[0][0] <= t <= front[-1][0]:
         return None
+    near = (lambda k: t / max_ratio <= k <= t * max_ratio) if max_ratio else (lambda k: True)  # noqa: E731
     for (k0, v0), (k1, v1) in zip(front, front[1:]):
         if k0 <= t <= k1:
-            return v0 if k1 == k0 else v0 + (v1 - v0) * (t - k0) / (k1 - k0)
+            if k0 == t or k1 == k0:
+                return v0
+            if k1 == t:
+                return v1
+            return v0 + (v1 - v0) * (t - k0) / (k1 - k0) if near(k0) and near(k1) else None
     return front[0][1]  # a front of one point, at exactly t

@@ -97,6 +97,14 @@ def test_front_value_at_reads_the_pareto_front_linearly_and_never_extrapolates()
     assert stats.front_value_at([], 1.0) is None
     # a point at high KL but lower value than one at lower KL is off the front: the range ends earlier
     assert stats.front_value_at([(1, 0.5), (3, 0.2)], 2) is None
+    # a read only between neighbours within a factor of t: (2, 0.5)–(4, 0.9) at 3 is one, (1)–(2) at 1.5 too,
+    # but at 3 with max_ratio 1.2 the neighbours 2 and 4 are too far: no read; a point exactly at t always is
+    assert stats.front_value_at(points, 3, max_ratio=2.0) == pytest.approx(0.7)
+    assert stats.front_value_at(points, 3, max_ratio=1.2) is None and stats.front_value_at(points, 4, max_ratio=1.01) == 0.9
+    # a front chosen elsewhere (on validation): (3, 0.4), off the test front, is on it and (4, 0.9) is not
+    pts, chosen = [(1, 0.2), (2, 0.5), (3, 0.4), (4, 0.9)], [True, True, True, False]
+    assert stats.front_value_at(pts, 2.5, on_front=chosen) == pytest.approx(0.45)
+    assert stats.front_value_at(pts, 3.5, on_front=chosen) is None
 
 
 def _job(variant, setting):
@@ -120,7 +128,8 @@ def _matched_rows():
     for (v, tau), by_seed in MATCHED_RUNS.items():
         for seed, (kl, gold) in by_seed.items():
             jobs.append(_job(v, {"rpo_tau" if v == "rpo" else "dro_tau": tau}))
-            results.append({"seed": seed, "diverged": False, "kl": kl, "gold": gold})
+            # validation coordinates equal to the test ones: the front chosen on validation is the test front
+            results.append({"seed": seed, "diverged": False, "kl": kl, "gold": gold, "val_kl": kl, "val_gold": gold})
     jobs.append(_job("rpo", {"rpo_tau": 0.1}))  # a diverged run: no point at all
     results.append({"seed": 2, "diverged": True, "error": "nan"})
     return stats.make_rows(jobs, results)
@@ -129,7 +138,7 @@ def _matched_rows():
 def test_matched_kl_reads_each_seed_s_front_and_pairs_the_differences_by_seed():
     import statistics
 
-    out = stats.matched_kl(_matched_rows(), ["rpo", "dro"], "gold", [1.5, 10.0])
+    out = stats.matched_kl(_matched_rows(), ["rpo", "dro"], "gold", [1.5, 10.0], max_ratio=None)
     at, beyond = out
     assert at["kl"] == 1.5 and beyond["kl"] == 10.0
     rpo, dro = [0.4, 0.475, 0.2], [0.5, 0.375]
@@ -148,6 +157,23 @@ def test_matched_kl_reads_each_seed_s_front_and_pairs_the_differences_by_seed():
     assert beyond["minus_rpo"]["dro"][2] == 0 and math.isnan(beyond["minus_rpo"]["dro"][0])
     # without the reference variant there are no differences
     assert "minus_rpo" not in stats.matched_kl(_matched_rows(), ["dro"], "gold", [1.5])[0]
+    # within a factor 1.4 of t = 1.5 ([1.07, 2.1]): rpo seed 1 (neighbours 1 and 3) and dro seed 0 (0.5 and 2.5)
+    # are chords across a sparse front, no read; rpo seeds 0 and 2 (1 and 2) are too far below (1 < 1.07): none
+    near = stats.matched_kl(_matched_rows(), ["rpo", "dro"], "gold", [1.5], max_ratio=1.4)[0]
+    assert near["value"]["rpo"][2] == 0 and near["value"]["dro"][2] == 0
+    near = stats.matched_kl(_matched_rows(), ["rpo", "dro"], "gold", [1.5], max_ratio=2.0)[0]
+    assert near["value"]["rpo"][2] == 3 and near["value"]["dro"][2] == 1  # within [0.75, 3]: dro seed 2 only
+
+
+def test_matched_kl_builds_the_front_on_validation_and_reads_it_on_test():
+    """A setting on the test front but off the validation front is not used."""
+    from types import SimpleNamespace
+    runs = [("rpo", 0.3, 1.0, 0.2, 1.0, 0.2), ("rpo", 1.0, 3.0, 0.4, 3.0, 0.1),   # off the validation front
+            ("rpo", 3.0, 4.0, 0.9, 4.0, 0.9)]
+    jobs = [SimpleNamespace(variant=v, setting={"rpo_tau": tau}, params={}) for v, tau, *_ in runs]
+    results = [{"seed": 0, "kl": kl, "gold": g, "val_kl": vk, "val_gold": vg} for _, _, kl, g, vk, vg in runs]
+    out = stats.matched_kl(stats.make_rows(jobs, results), ["rpo"], "gold", [2.0], max_ratio=None)[0]
+    assert out["value"]["rpo"][0] == pytest.approx(0.2 + (0.9 - 0.2) * 1 / 3)  # between (1, 0.2) and (4, 0.9)
 
 
 def test_select_per_seed_picks_each_seed_s_best_validation_setting_ignoring_diverged_runs():
