@@ -34,7 +34,7 @@ from rpo_mini.evaluate import mean_ci
 from . import frontier
 from .runner import Experiment, Job, materials, run_jobs, tau_field, test_oracle, train_job
 from .stats import make_rows, paired_difference
-from .tables import COLORS, ci_of, figure, mean_of, pm, provenance, save, table
+from .tables import COLORS, ci_of, figure, mean_of, pm, pmn, provenance, save, table
 
 WORLD = "arithmetic"
 EXACT_KEYS = ("exact_reward", "exact_gold", "exact_kl", "frontier_gap", "kl_to_matched_optimum", "regret",
@@ -338,7 +338,7 @@ HETEROGENEITY_GRID = {"full": {"prior_strength": [0.0, 1.0], "taus": [0.3, 1.0],
                       "quick": {"prior_strength": [0.0, 1.0], "taus": [1.0], "lr": 3e-4,
                                 "variants": ["rpo", "rpo-global"]}}
 OFFPOLICY_GRID = {"full": {"taus": [0.3, 1.0], "lr": 1e-4, "variants": ["rpo", "rpo-iw", "rpo-ref", "dro"]},
-                  "quick": {"taus": [1.0], "lr": 3e-4, "variants": ["rpo", "rpo-iw"]}}
+                  "quick": {"taus": [1.0], "lr": 3e-4, "variants": ["rpo", "rpo-iw", "dro"]}}
 
 
 def _tau_jobs(ctx, g, sections, row):
@@ -352,9 +352,20 @@ def run_heterogeneity(ctx, g) -> dict:
     return {"grid": g, "jobs": len(jobs), "rows": make_rows(jobs, run_jobs(ctx, jobs))}
 
 
+ON_POLICY = ["rpo", "dro"]  # the same design on π_ref's own samples: the off-policy effect is a difference of differences
+
+
 def run_offpolicy(ctx, g) -> dict:
-    jobs = _tau_jobs(ctx, g, {"collect": {"off_policy": True}}, {})
+    """The variants on the off-policy generator's data, and RPO and DRO on π_ref's own samples
+    (rows marked "on"; the same jobs as `exact_heterogeneity` at the world's prior, so cached)."""
+    jobs = _tau_jobs(ctx, g, {"collect": {"off_policy": True}}, {}) + \
+        _tau_jobs(ctx, {**g, "variants": ON_POLICY}, {}, {"data": "on"})
     return {"grid": g, "jobs": len(jobs), "rows": make_rows(jobs, run_jobs(ctx, jobs))}
+
+
+def _name(r) -> str:
+    """A row's column: its variant, marked @on for the on-policy arm."""
+    return r["variant"] + ("@on" if r.get("data") == "on" else "")
 
 
 def _conditions(d):
@@ -362,27 +373,37 @@ def _conditions(d):
 
 
 def tau_summary(d) -> dict:
-    out = {}
+    """Each variant − RPO on the same data, paired by replicate; where both arms ran, the
+    difference of differences (DRO − RPO off-policy) − (DRO − RPO on-policy), paired by replicate."""
+    out, did = {}, {}
     for ps, tau in _conditions(d):
-        by = {r["variant"]: r for r in d["rows"] if r.get("prior_strength") == ps and r["tau"] == tau}
-        out[f"{ps}/{tau:g}"] = {v: {k: paired_difference(r["per_seed"], by["rpo"]["per_seed"], k)
+        by = {_name(r): r for r in d["rows"] if r.get("prior_strength") == ps and r["tau"] == tau}
+        out[f"{ps}/{tau:g}"] = {v: {k: paired_difference(r["per_seed"], by["rpo@on" if v.endswith("@on") else "rpo"]
+                                                         ["per_seed"], k)
                                     for k in ("regret", "frontier_gap", "exact_gold", "exact_kl")}
-                                for v, r in by.items() if v != "rpo"}
-    return {"minus_rpo": out}
+                                for v, r in by.items() if v not in ("rpo", "rpo@on")}
+        if all(v in by for v in ("rpo", "dro", "rpo@on", "dro@on")):
+            seeds = lambda v, k: {x["seed"]: x[k] for x in by[v]["per_seed"] if not x.get("diverged")}  # noqa: E731
+            did[f"{tau:g}"] = {}
+            for k in ("regret", "frontier_gap", "exact_gold"):
+                a, b, c, e = (seeds(v, k) for v in ("dro", "rpo", "dro@on", "rpo@on"))
+                common = sorted(set(a) & set(b) & set(c) & set(e))
+                did[f"{tau:g}"][k] = list(mean_ci([(a[s] - b[s]) - (c[s] - e[s]) for s in common])) + [len(common)]
+    return {"minus_rpo": out, **({"difference_in_differences": did} if did else {})}
 
 
 def tau_plot(d, path):
     fig, axes = figure(2, (11, 4.2))
     conds = _conditions(d)
-    variants = list(dict.fromkeys(r["variant"] for r in d["rows"]))
+    variants = list(dict.fromkeys(_name(r) for r in d["rows"]))
     width = 0.8 / len(variants)
     for ax, key in zip(axes, ("regret", "frontier_gap")):
         for i, v in enumerate(variants):
-            rows = [next(r for r in d["rows"] if r["variant"] == v and r.get("prior_strength") == ps and r["tau"] == t)
+            rows = [next(r for r in d["rows"] if _name(r) == v and r.get("prior_strength") == ps and r["tau"] == t)
                     for ps, t in conds]
             ax.bar([j + (i - (len(variants) - 1) / 2) * width for j in range(len(conds))],
                    [mean_of(r, key) for r in rows], width, yerr=[ci_of(r, key) for r in rows], capsize=2,
-                   color=COLORS.get(v), label=v)
+                   color=COLORS.get(v.removesuffix("@on")), hatch="//" if v.endswith("@on") else None, label=v)
         ax.set_xticks(range(len(conds)), [(f"prior {ps:g}, " if ps is not None else "") + f"τ={t:g}"
                                           for ps, t in conds])
         ax.set_ylabel(f"exact {key.replace('_', ' ')} (test prompts)")
@@ -392,20 +413,27 @@ def tau_plot(d, path):
 
 
 def tau_markdown(d) -> str:
-    variants = list(dict.fromkeys(r["variant"] for r in d["rows"]))
+    variants = list(dict.fromkeys(_name(r) for r in d["rows"]))
     lines = []
     for ps, tau in _conditions(d):
-        by = {r["variant"]: r for r in d["rows"] if r.get("prior_strength") == ps and r["tau"] == tau}
+        by = {_name(r): r for r in d["rows"] if r.get("prior_strength") == ps and r["tau"] == tau}
         diffs = d["minus_rpo"][f"{ps}/{tau:g}"]
         lines.append([*([ps] if ps is not None else []), tau,
                       *[f"{pm(mean_of(by[v], 'regret'), ci_of(by[v], 'regret'), '.4f')} "
                         f"(gold {mean_of(by[v], 'exact_gold'):.3f}, KL {mean_of(by[v], 'exact_kl'):.2f})"
                         for v in variants],
-                      *[pm(*diffs[v]["regret"], ".4f") for v in variants if v != "rpo"]])
+                      *[pm(*diffs[v]["regret"], ".4f") for v in variants if v not in ("rpo", "rpo@on")]])
     head = (["prior strength"] if _conditions(d)[0][0] is not None else []) + ["τ"]
-    return "\n".join([provenance(d), "", "Exact regret at the training τ (exact E[gold], KL to π_ref); Δ = variant − "
-                      "RPO paired by replicate:", "",
-                      table([*head, *variants, *[f"Δregret {v}" for v in variants if v != "rpo"]], lines)])
+    out = [provenance(d), "", "Exact regret at each policy's own τ (exact E[gold], KL to π_ref); Δ = variant − RPO on the "
+           "same data (@on: π_ref's own samples, against RPO @on), paired by replicate:", "",
+           table([*head, *variants, *[f"Δregret {v}" for v in variants if v not in ("rpo", "rpo@on")]], lines)]
+    if d.get("difference_in_differences"):
+        lines = [[tau, *[pmn(x[k], ".4f") for k in ("regret", "frontier_gap", "exact_gold")]]
+                 for tau, x in d["difference_in_differences"].items()]
+        out += ["", "The off-policy effect on DRO relative to RPO: (DRO − RPO off-policy) − (DRO − RPO on π_ref's "
+                "samples), paired by replicate (> 0 in regret: off-policy data hurts DRO more than RPO):", "",
+                table(["τ", "Δ of Δ regret", "Δ of Δ frontier gap", "Δ of Δ E[gold]"], lines)]
+    return "\n".join(out)
 
 
 EXACT_HETEROGENEITY = Experiment("exact_heterogeneity", HETEROGENEITY_GRID, run_heterogeneity, tau_plot, tau_markdown,

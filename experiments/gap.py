@@ -21,8 +21,8 @@ response (the true sum); KTO's weighs the mismatched pairs by π_ref too. DRO ha
 part: its value is learned. KTO and SFT have no τ of their own: they are decomposed at the
 experiment's τ (the τ RPO and DRO train at), and their frontier gap, which needs no τ, is beside it.
 
-Along training (steps 0, 25, …, 150 of the K = 8 and K = ∞ runs; and 0, 50, …, 300 of a longer
-run of RPO and DRO, to see whether the regret turns) each checkpoint also records where the
+Along training (steps 0, 25, …, 150 of the K = 8 and K = ∞ runs; and 0, 50, …, 300 of a run of
+RPO and DRO on K = 8 twice as long, to see whether the regret turns) each checkpoint also records where the
 policy's mass is: on responses observed in the dataset for that prompt or never observed, and on
 the correct answer, near misses (training reward ≥ 1/2, not correct) or anything else.
 """
@@ -66,7 +66,6 @@ def run(ctx, g) -> dict:
         long = g["long"]
         if long:
             jobs += [_job(ctx, s, v, 8, long["steps"], long["every"], g["tau"]) for v in long["variants"]]
-            jobs += [_job(ctx, s, "rpo", "population", long["steps"], long["every"], g["tau"])]
     results = run_jobs(ctx, jobs)
     return {"grid": g, "jobs": len(jobs), "runs": [{"variant": j.variant, **j.setting, **r} for j, r in zip(jobs, results)]}
 

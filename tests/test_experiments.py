@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from experiments import EXPERIMENTS, frontier, gap, runner, stats, variance
+from experiments import EXPERIMENTS, exact_world, frontier, gap, runner, stats, variance
 from experiments.tables import writeup
 from rpo_mini.align import Alignment, prepare
 from rpo_mini.config import AlignConfig
@@ -369,11 +369,21 @@ def test_quick_exact_conditions(quick_all, name):
     g = EXPERIMENTS[name].grid["quick"]
     conditions = {(r.get("prior_strength"), r["tau"]) for r in d["rows"]}
     assert conditions == {(ps, t) for ps in g.get("prior_strength", [None]) for t in g["taus"]}
-    assert {r["variant"] for r in d["rows"]} == set(g["variants"])
+    on = {r["variant"] for r in d["rows"] if r.get("data") == "on"}
+    assert {r["variant"] for r in d["rows"] if r.get("data") != "on"} == set(g["variants"])
     _check_rows(d["rows"])
     for row in d["rows"]:
         _check_exact(row)
     assert set(d["minus_rpo"]) == {f"{ps}/{t:g}" for ps, t in conditions}
+    if name == "exact_offpolicy":  # the on-policy arm, and the difference of differences paired by seed
+        assert on == set(exact_world.ON_POLICY)
+        for t in g["taus"]:
+            by = {(r["variant"], r.get("data")): {x["seed"]: x["regret"] for x in r["per_seed"]}
+                  for r in d["rows"] if r["tau"] == t}
+            did = [(by["dro", None][s] - by["rpo", None][s]) - (by["dro", "on"][s] - by["rpo", "on"][s]) for s in (0, 1)]
+            assert d["difference_in_differences"][f"{t:g}"]["regret"][0] == pytest.approx(sum(did) / 2)
+    else:
+        assert not on
 
 
 def test_quick_heterogeneity(quick_all):
