@@ -29,11 +29,11 @@ import torch
 
 from rpo_mini import exact, losses
 from rpo_mini.data import reward_scale
-from rpo_mini.evaluate import mean_ci
+from rpo_mini.evaluate import MAX_KL_RATIO, mean_ci
 
 from . import frontier
 from .runner import Experiment, Job, materials, run_jobs, tau_field, test_oracle, train_job
-from .stats import make_rows, paired_difference
+from .stats import make_rows, matched_kl, paired_difference
 from .tables import COLORS, ci_of, figure, mean_of, pm, pmn, provenance, save, table
 
 WORLD = "arithmetic"
@@ -70,6 +70,7 @@ def exact_frontier(job) -> dict:
     return {"points": test_oracle(materials(job.cfg)).frontier(exact.FRONTIER_TAUS)}
 
 
+EXACT_KL_TARGETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)  # nats: where the exact world's fronts are read
 BEYOND_TAU = 1.5e-4  # a matched τ at matched_tau's clamp: the policy spends more KL than the reward's maximiser
 
 
@@ -94,7 +95,9 @@ def optimum_summary(d) -> dict:
                                 for k in ("exact_reward", "exact_kl", "regret", "frontier_gap")}
     tuned = frontier.tuned(rows, keys=("exact_reward", "exact_gold", "exact_kl", "frontier_gap", "regret", "gold",
                                        "kl"))
-    return {"summary": {"tuned": tuned, "joint_minus_separate": clip}}
+    competitors = [v for v in dict.fromkeys(r["variant"] for r in rows) if v != "dro-joint"]
+    matched = {m: matched_kl(rows, competitors, m, EXACT_KL_TARGETS, kl="exact_kl") for m in ("exact_gold", "exact_reward")}
+    return {"summary": {"tuned": tuned, "joint_minus_separate": clip, "matched": matched}}
 
 
 def optimum_plot(d, path):
@@ -147,6 +150,15 @@ def optimum_markdown(d) -> str:
              for label, x in s["joint_minus_separate"].items()]
     out += ["DRO with policy and value clipped jointly minus clipped apart, same settings, paired by replicate:", "",
             table(["setting", "ΔE[r]", "ΔKL", "Δregret", "Δgap"], lines)]
+    for metric in ("exact_gold", "exact_reward"):
+        entries = s["matched"][metric]
+        variants = list(entries[0]["value"])
+        lines = [[e["kl"], *[pmn(e["value"][v]) for v in variants],
+                  *[pmn(e.get("minus_rpo", {}).get(v)) for v in variants if v != "rpo"]] for e in entries]
+        out += ["", f"Matched exact KL: each replicate's front of {metric.replace('_', ' ')} against exact KL, chosen on "
+                f"validation prompts and read on the test prompts at KL = t between neighbours within a factor "
+                f"{MAX_KL_RATIO:g} of t (— = no read; n = replicates read); Δ = variant − RPO paired by replicate:", "",
+                table(["KL t", *variants, *[f"Δ {v}" for v in variants if v != "rpo"]], lines)]
     return "\n".join(out)
 
 

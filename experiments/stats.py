@@ -56,26 +56,27 @@ def best_under_kl(points: list, thresholds=KL_THRESHOLDS) -> list:
     return out
 
 
-def per_seed_points(rows: list, variant: str, metric: str) -> dict:
+def per_seed_points(rows: list, variant: str, metric: str, kl: str = "kl") -> dict:
     """{seed: [(kl, metric, val_kl, val_metric) of each setting]}: test and validation coordinates of
-    one variant's rows (diverged runs and runs without those values left out)."""
+    one variant's rows (diverged runs and runs without those values left out). `kl`: which KL
+    (the sampled "kl", or the exact world's "exact_kl")."""
     out = {}
     for r in rows:
         if r["variant"] == variant:
             for res in r["per_seed"]:
-                keys = ("kl", metric, "val_kl", f"val_{metric}")
+                keys = (kl, metric, f"val_{kl}", f"val_{metric}")
                 if not res.get("diverged") and all(math.isfinite(number(res.get(k))) for k in keys):
                     out.setdefault(res["seed"], []).append(tuple(res[k] for k in keys))
     return out
 
 
 def matched_kl(rows: list, variants: list, metric: str, targets, against: str = "rpo",
-               max_ratio: float = MAX_KL_RATIO) -> list:
+               max_ratio: float = MAX_KL_RATIO, kl: str = "kl") -> list:
     """At each target KL t: every variant's upper-envelope `metric` per seed — the Pareto front of its
     settings chosen on *validation* (KL, metric), read on *test* at KL t (`front_value_at`, only
     between neighbours within `max_ratio` of t) — its mean ± interval over the seeds where t can be
     read, and the difference variant − `against`, paired by seed over the seeds where both can."""
-    pts = {v: per_seed_points(rows, v, metric) for v in variants}
+    pts = {v: per_seed_points(rows, v, metric, kl) for v in variants}
 
     def read(p, t):
         return front_value_at([(a, b) for a, b, _, _ in p], t, max_ratio, pareto_front([(c, d) for _, _, c, d in p]))

@@ -338,6 +338,9 @@ def test_quick_optimum(quick_all):
         pts = sorted(pts, key=lambda p: p["kl"])
         assert all(b["reward"] >= a["reward"] - 1e-9 for a, b in zip(pts, pts[1:]))
     assert set(d["summary"]["tuned"]) == set(grid)
+    for entries in d["summary"]["matched"].values():  # exact fronts chosen on validation, read on test
+        assert [e["kl"] for e in entries] == list(exact_world.EXACT_KL_TARGETS)
+        assert set(entries[0]["value"]) == set(grid) - {"dro-joint"}
 
 
 def test_quick_partition(quick_all):
