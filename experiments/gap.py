@@ -250,7 +250,7 @@ def trajectories(d) -> dict:
 
 
 def summary(d) -> dict:
-    runs = [r for r in d["runs"]]
+    runs = [r for r in d["runs"] if r["k"] == 8 and r["steps"] == d["grid"]["steps"]]  # π_ref at the K = 8 data's τ
     pi_ref = {k: sum(r["trace"][0][k] for r in runs) / len(runs) for k in runs[0]["trace"][0] if k != "step"}
     return {"decomposition": decompose(d), "by_k": by_k(d), "trajectories": trajectories(d), "reference": pi_ref}
 

@@ -178,7 +178,8 @@ def compare(oracle: "Oracle", table: torch.Tensor, tau: float | None = None) -> 
 
     tau: the KL strength the policy trained with, in raw reward units (`RewardScale.raw_tau` of
     its own τ); None for a policy that has no τ of its own (KTO, SFT), which is compared at the
-    τ whose optimum spends its KL. Never another objective's τ: that was a bug once.
+    τ whose optimum spends its KL. Never another objective's τ: each objective is measured against
+    the optimum it targets.
 
     exact_reward, exact_gold, exact_kl   E_π[r], E_π[gold], KL(π‖π_ref)
     matched_tau                          τ_m with KL(π*_{τ_m}‖π_ref) = KL(π‖π_ref) (a policy spending more
