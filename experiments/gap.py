@@ -38,7 +38,7 @@ from rpo_mini.data import collate_prompts, reward_scale
 from rpo_mini.evaluate import mean_ci
 from rpo_mini.model import ValueModel
 
-from .runner import Experiment, Job, materials, run_jobs, test_oracle
+from .runner import Experiment, Job, materials, oracle_on, run_jobs, test_oracle
 from .tables import COLORS, figure, pm, provenance, save, table
 
 WORLD = "arithmetic"
@@ -88,7 +88,7 @@ def track(job) -> dict:
     scale = reward_scale(data.rewards, cfg.rewards_zscore)
     tau_raw = scale.raw_tau(p["tau"])  # the experiment's τ: RPO's and DRO's own (`_job`); KTO and SFT have none
     prompts = sorted({r["prompt"] for r in data.records})
-    train = exact.oracle(m.base.value, m.enc, m.world, prompts[::TRAIN_STRIDE], m.reward, m.ctx.autocast)
+    train = oracle_on(m, "gap-train", prompts[::TRAIN_STRIDE])
     test = test_oracle(m)
     column = {y: i for i, y in enumerate(m.world.responses())}
     observed = torch.zeros(train.ref.shape, dtype=torch.bool)
@@ -112,12 +112,12 @@ def track(job) -> dict:
         checkpoints.append(job.setting["steps"])
     lr = cfg.lr_for(obj)
     if p["k"] == "population":
-        policy, advance = population(obj, m.base.value, m.enc, m.world, prompts, m.reward, scale, cfg, lr, p["tau"],
+        policy, advance = population(obj, m.base.value, oracle_on(m, "train", prompts), scale, cfg, lr, p["tau"],
                                      job.seed, m.ctx.autocast)
     else:
         oracle = None
         if cfg.estimator == "exact" and obj == "rpo":
-            oracle = exact.oracle(m.base.value, m.enc, m.world, prompts, m.reward, m.ctx.autocast)
+            oracle = oracle_on(m, "train", prompts)
         a = Alignment(obj, m.base.value, data, cfg, lr, cfg.tau_for(obj), job.seed, eot, m.ctx.autocast, oracle=oracle)
         policy, advance = a.policy, lambda step: a.train(until=step, log=lambda *x, **k: None)
     trace = []
@@ -141,12 +141,11 @@ def masses(table, o: exact.Oracle, observed=None) -> dict:
     return out
 
 
-def population(objective, base, enc, world, prompts, reward, scale, cfg, lr, tau, seed, autocast):
+def population(objective, base, o: exact.Oracle, scale, cfg, lr, tau, seed, autocast):
     """Train `objective` on its population loss: for each batch prompt, every enumerated response
     weighted by π_ref(y|x), rewards z-scored by `scale`, τ in those units (RPO, DRO).
-    Returns (policy, advance) with advance(step) training up to `step`."""
-    o = exact.oracle(base, enc, world, prompts, reward, autocast)
-    eot = enc.eot_token
+    `o`: the oracle on the training prompts. Returns (policy, advance), advance(step) training up to `step`."""
+    eot, prompts = o.eot, o.prompts
     torch.manual_seed(seed)
     policy = copy.deepcopy(base).requires_grad_(True).train()
     modules = {"policy": policy}

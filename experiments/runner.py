@@ -390,16 +390,17 @@ _ORACLES = {}  # per process: (base key, reward, split) → the exact world's or
 
 def test_oracle(m: JobMaterials):
     """The oracle (π_ref's and the rewards' tables) on the evaluated test prompts, once per base model."""
-    return _oracle(m, "test", m.world.test_prompts[:m.cfg.eval.eval_prompts or None])
+    return oracle_on(m, "test", m.world.test_prompts[:m.cfg.eval.eval_prompts or None])
 
 
 def val_oracle(m: JobMaterials):
     """The oracle on as many validation prompts as test prompts are evaluated."""
-    return _oracle(m, "val", m.world.val_prompts[:m.cfg.eval.eval_prompts or None])
+    return oracle_on(m, "val", m.world.val_prompts[:m.cfg.eval.eval_prompts or None])
 
 
-def _oracle(m, split, prompts):
-    key = (m.base.key, m.reward, split)
+def oracle_on(m: JobMaterials, name: str, prompts: list):
+    """The oracle on `prompts`, built once per process for each base model, reward and `name`."""
+    key = (m.base.key, m.reward, name)
     if key not in _ORACLES:
         _ORACLES[key] = stages.oracle(m.ctx, m.world, m.tok, m.base, prompts, m.reward)
     return _ORACLES[key]
