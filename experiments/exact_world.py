@@ -127,17 +127,23 @@ def optimum_plot(d, path):
 
 def optimum_markdown(d) -> str:
     s = d["summary"]
+    def own(r, k):  # at the policy's own τ; KTO and SFT have none: their regret is at the matched τ
+        if k == "kl_to_own_optimum" and r["variant"][:3] in ("kto", "sft"):
+            return "(matched)"
+        return pm(mean_of(r, k), ci_of(r, k), ".3f")
     lines = [[r["variant"], r["label"], *[pm(mean_of(r, k), ci_of(r, k), ".3f") for k in
-                                          ("exact_reward", "exact_gold", "exact_kl", "frontier_gap", "regret",
-                                           "kl_to_own_optimum", "kl_to_matched_optimum")],
+                                          ("exact_reward", "exact_gold", "exact_kl", "frontier_gap")],
+              own(r, "regret"), pm(mean_of(r, "ref_regret"), ci_of(r, "ref_regret"), ".3f"), own(r, "kl_to_own_optimum"),
+              pm(mean_of(r, "kl_to_matched_optimum"), ci_of(r, "kl_to_matched_optimum"), ".3f"),
               f"{r['n_beyond']}/{r['n_seeds']}", pm(mean_of(r, "gold"), ci_of(r, "gold"), ".3f"),
               f"{r['n_seeds'] - r['n_diverged']}/{r['n_seeds']}"] for r in d["rows"]]
     out = [provenance(d), "", "Every setting, exact measures on the test prompts (mean ± 95% CI over replicates); "
-           "regret and KL to π* at the policy's own τ (RPO, DRO only); KL(π‖π* at its KL) over the runs "
-           "that have an optimum at their KL (beyond = runs spending more KL than the reward's maximiser, "
+           "regret and KL to π*_τ at the policy's own τ (RPO, DRO; τ·σ in reward units) or, for KTO and SFT, at the "
+           "matched τ (the τ whose optimum spends their KL); π_ref's regret at the same τ; KL(π‖π* at its KL) over "
+           "the runs that have an optimum at their KL (beyond = runs spending more KL than the reward's maximiser, "
            "whose frontier gap is to that maximiser):", "",
-           table(["variant", "setting", "E[r]", "E[gold]", "KL", "frontier gap", "regret", "KL(π‖π*_τ)",
-                  "KL(π‖π* at its KL)", "beyond", "sampled gold", "runs"], lines), ""]
+           table(["variant", "setting", "E[r]", "E[gold]", "KL", "frontier gap", "regret", "π_ref regret",
+                  "KL(π‖π*_τ)", "KL(π‖π* at its KL)", "beyond", "sampled gold", "runs"], lines), ""]
     keys = ("exact_gold", "exact_kl", "frontier_gap")
     lines = [[v, ", ".join(f"{k} ×{n}" for k, n in t["chosen"].items()),
               *[pm(t["mean"].get(k), t["ci"].get(k), ".3f") for k in keys],
