@@ -71,14 +71,13 @@ def exact_frontier(job) -> dict:
 
 
 EXACT_KL_TARGETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)  # nats: where the exact world's fronts are read
-BEYOND_TAU = 1.5e-4  # a matched τ at matched_tau's clamp: the policy spends more KL than the reward's maximiser
 
 
 def beyond_frontier(rows) -> None:
     """Runs whose KL exceeds every optimum's have no optimum at equal KL (matched τ at the clamp):
     KL(π‖π* at its KL) is left out of their row's mean and they are counted (`n_beyond`)."""
     for r in rows:
-        ok = [x for x in r["per_seed"] if not x.get("diverged") and x.get("matched_tau", 1.0) > BEYOND_TAU]
+        ok = [x for x in r["per_seed"] if not x.get("diverged") and not exact.beyond_frontier(x.get("matched_tau", 1.0))]
         r["n_beyond"] = sum(1 for x in r["per_seed"] if not x.get("diverged")) - len(ok)
         r["mean"]["kl_to_matched_optimum"], r["ci"]["kl_to_matched_optimum"] = \
             mean_ci([x["kl_to_matched_optimum"] for x in ok])

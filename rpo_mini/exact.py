@@ -155,7 +155,11 @@ def frontier(ref_table, rewards, taus) -> list[dict]:
     return points
 
 
-def matched_tau(ref_table, rewards, kl_target: float, lo: float = 1e-4, hi: float = 1e4, iters: int = 60) -> float:
+MATCHED_TAU_LO = 1e-4  # matched_tau's clamp: below it, π*_τ is the reward's maximiser to float precision
+
+
+def matched_tau(ref_table, rewards, kl_target: float, lo: float = MATCHED_TAU_LO, hi: float = 1e4,
+                iters: int = 60) -> float:
     """The τ at which the optimum spends a given KL: mean KL(π*_τ‖π_ref) = kl_target.
 
     Why bisection works: each prompt's KL(π*_τ‖π_ref) falls as τ grows (from the reward's
@@ -187,7 +191,9 @@ def compare(oracle: "Oracle", table: torch.Tensor, tau: float | None = None) -> 
     frontier_gap                         E_{π*_{τ_m}}[r] − E_π[r] ≥ 0: reward left on the table at equal KL
     kl_to_matched_optimum                KL(π‖π*_{τ_m})
     own_tau, tau_from                    the τ of the three below: `tau` ("trained") or τ_m ("matched")
-    regret, kl_to_own_optimum            J*_τ − J_τ(π) = τ·KL(π‖π*_τ) at own_tau, and that KL
+    regret, kl_to_own_optimum            J*_τ − J_τ(π) = τ·KL(π‖π*_τ) at own_tau, and that KL (at the matched
+                                         τ the regret equals the frontier gap; beyond the frontier's end,
+                                         own_tau and the KL are None and the regret is that gap)
     ref_regret                           π_ref's regret at the same τ: what the policy improved on"""
     rewards = oracle.rewards
     out = point(oracle, table)
@@ -195,12 +201,24 @@ def compare(oracle: "Oracle", table: torch.Tensor, tau: float | None = None) -> 
     opt = optimal_table(oracle.ref, rewards, tau_m)
     out |= {"matched_tau": tau_m, "frontier_gap": float(expected(opt, rewards).mean()) - out["exact_reward"],
             "kl_to_matched_optimum": float(kl(table, opt).mean())}
+    if tau is None and beyond_frontier(tau_m):
+        # More KL than any optimum spends: the optimum at its KL is the reward's maximiser (τ → 0),
+        # where τ·KL(π‖π*_τ) tends to the frontier gap and KL(π‖π*_τ) itself to infinity.
+        ref_reward = float(expected(oracle.ref, rewards).mean())
+        return out | {"own_tau": None, "tau_from": "matched", "regret": out["frontier_gap"], "kl_to_own_optimum": None,
+                      "ref_regret": out["frontier_gap"] + out["exact_reward"] - ref_reward}
     own = tau_m if tau is None else float(tau)
     star = opt if tau is None else optimal_table(oracle.ref, rewards, own)
     return out | {"own_tau": own, "tau_from": "matched" if tau is None else "trained",
                   "regret": float(regret(table, oracle.ref, rewards, own).mean()),
                   "kl_to_own_optimum": float(kl(table, star).mean()),
                   "ref_regret": float(regret(oracle.ref, oracle.ref, rewards, own).mean())}
+
+
+def beyond_frontier(tau_m: float) -> bool:
+    """A matched τ at `matched_tau`'s lower clamp: the policy spends more KL than the reward's
+    maximiser, so no optimum has its KL."""
+    return tau_m < 1.5 * MATCHED_TAU_LO
 
 
 def point(oracle: "Oracle", table: torch.Tensor) -> dict:

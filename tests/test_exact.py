@@ -289,6 +289,9 @@ def test_compare_on_random_policies_against_naive_loops_and_the_frontier():
             clamped += 1
             assert naive_kl(star, ref_rows) < c["exact_kl"]
             assert naive_mean(star, r_rows) == pytest.approx(sum(map(max, r_rows)) / len(r_rows), rel=1e-9)
+            m = exact.compare(o, table)  # no τ of its own: its regret is the gap to the maximiser, its KL to it ∞
+            assert m["own_tau"] is None and m["kl_to_own_optimum"] is None and m["regret"] == c["frontier_gap"]
+            assert m["ref_regret"] == pytest.approx(naive_mean(star, r_rows) - naive_mean(o.ref.exp().tolist(), r_rows))
         assert c["frontier_gap"] == pytest.approx(naive_mean(star, r_rows) - naive_mean(pi, r_rows), abs=1e-9)
         assert c["frontier_gap"] >= -1e-9
         log_star = naive_log_optimum(o, c["matched_tau"])
@@ -298,6 +301,25 @@ def test_compare_on_random_policies_against_naive_loops_and_the_frontier():
         assert c["regret"] == pytest.approx(own * c["kl_to_own_optimum"], rel=1e-9, abs=1e-12)
         assert c["ref_regret"] == pytest.approx(own * naive_kl(o.ref.exp().tolist(), own_star), rel=1e-9)
     assert clamped < 25 // 5  # the interesting case, equal KL, is most of them
+
+
+def test_a_policy_beyond_the_frontier_s_end_has_the_gap_to_the_maximiser_as_its_regret():
+    """All mass on a response π_ref rarely writes spends more KL than the reward's maximiser: no
+    optimum has its KL, its regret without a τ of its own is E[max r] − E_π[r], by hand."""
+    o = hand_oracle(seed=3)
+    ref = o.ref.exp().tolist()
+    rows = []
+    for x in range(3):
+        best = max(range(4), key=lambda y: o.rewards[x, y].item())
+        rare = min((y for y in range(4) if y != best), key=lambda y: ref[x][y])
+        rows.append([math.log(0.999) if y == rare else math.log(0.001 / 3) for y in range(4)])
+    table = torch.tensor(rows, dtype=F64)
+    m = exact.compare(o, table)
+    assert exact.beyond_frontier(m["matched_tau"])
+    max_r = sum(max(r) for r in o.rewards.tolist()) / 3
+    e_pi = naive_mean(table.exp().tolist(), o.rewards.tolist())
+    assert m["regret"] == pytest.approx(max_r - e_pi, abs=1e-6) and m["own_tau"] is None
+    assert m["ref_regret"] == pytest.approx(max_r - naive_mean(ref, o.rewards.tolist()), abs=1e-6)
 
 
 # --- partition estimators against the exact log Z ----------------------------------------------
@@ -459,7 +481,13 @@ def test_the_arithmetic_run_reports_exact_metrics_for_every_policy(exact_run):
         if name == "reference":
             continue
         assert row["regret"] >= 0 and row["kl_to_own_optimum"] >= 0
-        # regret = τ·KL(π‖π*) with τ the policy's own, in reward units; SFT has none: its matched τ
+        # regret = τ·KL(π‖π*) with τ the policy's own, in reward units; SFT has none: its matched τ,
+        # where the regret is the frontier gap (also beyond the frontier's end, where no τ has its KL)
+        if name not in RUN_TAUS:
+            assert row["regret"] == pytest.approx(row["frontier_gap"], rel=1e-6, abs=1e-9)
+            if exact.beyond_frontier(row["matched_tau"]):
+                assert "own_tau" not in row and "kl_to_own_optimum" not in row  # None: no mean to report
+                continue
         want_tau = RUN_TAUS[name] * sigma if name in RUN_TAUS else row["matched_tau"]
         assert row["own_tau"] == pytest.approx(want_tau, rel=1e-9)
         assert row["regret"] == pytest.approx(row["own_tau"] * row["kl_to_own_optimum"], rel=1e-6, abs=1e-9)
