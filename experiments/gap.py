@@ -321,7 +321,7 @@ def markdown(d) -> str:
     tr = d["trajectories"]
     steps = d["grid"]["steps"]
     lines = []
-    for key in sorted(tr):
+    for key in sorted(k for k in tr if k.split("/")[0] in POPULATION and k.split("/")[1] in ("8", "population")):
         for c in tr[key]:
             lines.append([key, c["step"], f"{c['train_regret']:.4f}", f"{c['test_regret']:.4f}", f"{c['test_exact_kl']:.3f}",
                           f"{c['test_exact_reward']:.3f}", f"{c['test_mass_correct']:.3f}",
