@@ -51,7 +51,7 @@ OPTIMUM_GRID = {"full": {"sft": {"lr": [3e-5, 1e-4, 3e-4, 1e-3, 3e-3], "sft_mode
                          "dro": {"lr": [1e-4, 3e-4], "dro_tau": EXACT_TAUS},
                          "dro-joint": {"lr": [1e-4, 3e-4], "dro_tau": [0.3, 1.0]},
                          "rpo": {"lr": [1e-4, 3e-4], "rpo_tau": EXACT_TAUS}},
-                "quick": {"dro": {"lr": [3e-4], "dro_tau": [1.0]}, "rpo": {"lr": [3e-4], "rpo_tau": [1.0]}}}
+                "quick": {"dro": {"lr": [3e-4], "dro_tau": [0.3]}, "rpo": {"lr": [3e-4], "rpo_tau": [1.0]}}}
 
 
 def run_optimum(ctx, grid) -> dict:

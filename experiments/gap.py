@@ -38,7 +38,7 @@ from rpo_mini.data import collate_prompts, reward_scale
 from rpo_mini.evaluate import mean_ci
 from rpo_mini.model import ValueModel
 
-from .runner import Experiment, Job, materials, oracle_on, run_jobs, test_oracle
+from .runner import VARIANTS, Experiment, Job, materials, oracle_on, run_jobs, test_oracle
 from .tables import COLORS, figure, pm, provenance, save, table
 
 WORLD = "arithmetic"
@@ -46,8 +46,6 @@ TRAIN_STRIDE = 2          # in-sample regret on every other training prompt (100
 POPULATION_PROMPTS = 8    # prompts per step of a population run, each with all of its responses
 NEAR_MISS = 0.5           # a near miss: training reward at least this, not the correct answer
 SAMPLED = ("rpo", "rpo-loo", "rpo-exact", "dro", "kto", "sft")
-OBJECTIVE = {"rpo": "rpo", "rpo-loo": "rpo", "rpo-exact": "rpo", "dro": "dro", "kto": "kto", "sft": "sft"}
-ESTIMATOR = {"rpo-loo": "loo", "rpo-exact": "exact"}
 POPULATION = ("rpo", "dro", "kto", "sft")  # one K = ∞ run per objective (RPO's three share it)
 
 GRID = {"full": {"tau": 0.3, "k": [4, 8, 32], "steps": 150, "every": 25, "long": {"steps": 300, "every": 50,
@@ -71,8 +69,8 @@ def run(ctx, g) -> dict:
 
 
 def _job(ctx, seed, variant, k, steps, every, tau) -> Job:
-    obj = OBJECTIVE[variant]
-    align = {"steps": steps, "rpo_tau": tau, "dro_tau": tau, "estimator": ESTIMATOR.get(variant, "mean")}
+    obj, overrides = VARIANTS[variant]  # e.g. rpo-loo: RPO with the leave-one-out partition
+    align = {**overrides, "steps": steps, "rpo_tau": tau, "dro_tau": tau}
     # a population run reads the K = 8 dataset only for its z-scoring and its observed responses
     cfg = ctx.cfg(seed, WORLD, align=align, collect={"k": 8 if k == "population" else k})
     return Job(f"{__name__}:track", cfg, seed, variant, {"k": k, "steps": steps},
@@ -207,7 +205,7 @@ def decompose(d) -> dict:
     runs, steps = d["runs"], d["grid"]["steps"]
     out = {}
     for v in SAMPLED:
-        obj = OBJECTIVE[v]
+        obj = VARIANTS[v][0]
         r_test = _final(runs, v, 8, steps, "test_regret")
         r_train = _final(runs, v, 8, steps, "train_regret")
         pop = _final(runs, obj, "population", steps, "train_regret")
@@ -230,7 +228,7 @@ def by_k(d) -> dict:
     out = {}
     for v in SAMPLED:
         ks = [*d["grid"]["k"], "population"]
-        out[v] = {str(k): {split: list(mean_ci(_final(runs, v if k != "population" else OBJECTIVE[v], k, steps,
+        out[v] = {str(k): {split: list(mean_ci(_final(runs, v if k != "population" else VARIANTS[v][0], k, steps,
                                                        f"{split}_regret").values()))
                            for split in ("train", "test")} for k in ks}
     return out
@@ -333,8 +331,4 @@ def markdown(d) -> str:
     return "\n".join(out)
 
 
-def analyse(d) -> dict:
-    return summary(d)
-
-
-GAP = Experiment("gap", GRID, run, plot, markdown, analyse)
+GAP = Experiment("gap", GRID, run, plot, markdown, summary)

@@ -350,8 +350,8 @@ def train(job: Job) -> dict:
     if m.world.responses() is not None:  # at the τ this policy trained with (KTO, SFT: the matched τ)
         scale = reward_scale(data.value.rewards, cfg.align.rewards_zscore)
         tau = scale.raw_tau(cfg.align.tau_for(objective))
-        val = exact.compare(val_oracle(m), val_oracle(m).table(policy.value, m.ctx.autocast), tau)
-        out |= {"reward_scale": scale.scale} | exact_measures(m, policy.value, tau) | \
+        val = exact_measures(m, val_oracle(m), policy.value, tau)
+        out |= {"reward_scale": scale.scale} | exact_measures(m, test_oracle(m), policy.value, tau) | \
             {f"val_{k}": val[k] for k in VAL_EXACT}
     if job.params.get("values") and cfg.align.dro_value == "network":  # DRO: V(x)/τ on the training prompts
         out["values"] = dro_values(m, policy.path, cfg.align.tau_for("dro"))
@@ -406,10 +406,11 @@ def oracle_on(m: JobMaterials, name: str, prompts: list):
     return _ORACLES[key]
 
 
-def exact_measures(m: JobMaterials, policy, tau: float | None) -> dict:
-    """The exact measures of one policy on the test prompts (`exact.compare`): at the τ whose optimum
-    has the policy's KL and at `tau`, the τ it trained with (raw reward units; None: the matched τ)."""
-    return exact.compare(test_oracle(m), test_oracle(m).table(policy, m.ctx.autocast), tau)
+def exact_measures(m: JobMaterials, oracle, policy, tau: float | None) -> dict:
+    """The exact measures of one policy on the oracle's prompts (`exact.compare`): at the τ whose
+    optimum has the policy's KL and at `tau`, the τ it trained with (raw reward units; None: the
+    matched τ)."""
+    return exact.compare(oracle, oracle.table(policy, m.ctx.autocast), tau)
 
 
 def global_baseline(data):

@@ -475,6 +475,16 @@ def test_quick_gap(quick_all):
         if not row["has_estimation"]:
             assert all(p["estimation"] == 0.0 for p in row["per_seed"].values())
     assert dec["rpo-exact"]["estimation"][0] == 0.0
+    # each part from the raw runs, by hand: the last checkpoint of the named run
+    end = {(r["variant"], r["k"], r["seed"]): r["trace"][-1] for r in d["runs"]}
+    for s, parts in dec["rpo"]["per_seed"].items():
+        s = int(s)
+        assert parts["estimation"] == end["rpo", 8, s]["train_regret"] - end["rpo-exact", 8, s]["train_regret"]
+        assert parts["sampling"] == end["rpo-exact", 8, s]["train_regret"] - end["rpo", "population", s]["train_regret"]
+        assert parts["optimisation"] == end["rpo", "population", s]["train_regret"]
+        assert parts["generalisation"] == end["rpo", 8, s]["test_regret"] - end["rpo", 8, s]["train_regret"]
+    for s, parts in dec["dro"]["per_seed"].items():  # no partition: sampling is against DRO's own population run
+        assert parts["sampling"] == end["dro", 8, int(s)]["train_regret"] - end["dro", "population", int(s)]["train_regret"]
     assert dec["rpo"]["optimisation"] == dec["rpo-loo"]["optimisation"] == dec["rpo-exact"]["optimisation"]
     for r in d["runs"]:
         first = r["trace"][0]
