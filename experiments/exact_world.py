@@ -33,7 +33,7 @@ from rpo_mini.evaluate import MAX_KL_RATIO, mean_ci
 
 from . import frontier
 from .runner import Experiment, Job, materials, run_jobs, tau_field, test_oracle, train_job
-from .stats import make_rows, matched_kl, paired_difference
+from .stats import difference_in_differences, make_rows, matched_kl, paired_difference
 from .tables import COLORS, ci_of, figure, mean_of, pm, pmn, provenance, save, table
 
 WORLD = "arithmetic"
@@ -400,12 +400,8 @@ def tau_summary(d) -> dict:
                                     for k in ("regret", "frontier_gap", "exact_gold", "exact_kl")}
                                 for v, r in by.items() if v not in ("rpo", "rpo@on")}
         if all(v in by for v in ("rpo", "dro", "rpo@on", "dro@on")):
-            seeds = lambda v, k: {x["seed"]: x[k] for x in by[v]["per_seed"] if not x.get("diverged")}  # noqa: E731
-            did[f"{tau:g}"] = {}
-            for k in ("regret", "frontier_gap", "exact_gold"):
-                a, b, c, e = (seeds(v, k) for v in ("dro", "rpo", "dro@on", "rpo@on"))
-                common = sorted(set(a) & set(b) & set(c) & set(e))
-                did[f"{tau:g}"][k] = list(mean_ci([(a[s] - b[s]) - (c[s] - e[s]) for s in common])) + [len(common)]
+            arms = [by[v]["per_seed"] for v in ("dro", "rpo", "dro@on", "rpo@on")]
+            did[f"{tau:g}"] = {k: difference_in_differences(*arms, k) for k in ("regret", "frontier_gap", "exact_gold")}
     return {"minus_rpo": out, **({"difference_in_differences": did} if did else {})}
 
 

@@ -3,7 +3,9 @@
     frontier   on the usual data (K responses per prompt sampled from π_ref)
     offpolicy  on data from the world's off-policy generator (scored; ref log-probs under
                π_ref), where RPO's "mean" estimator and DRO's value are off their
-               assumptions; with RPO's "ref" estimator (the authors' code) next to them
+               assumptions; with RPO's "ref" estimator (the authors' code) next to them, and
+               RPO's and DRO's settings again on π_ref's own samples, so that the off-policy
+               effect is a difference of differences paired by seed
 
 Every grid point is trained and evaluated for every seed. Three comparisons, none of which
 gives any objective a default of its own:
@@ -24,7 +26,8 @@ import math
 from rpo_mini.evaluate import MAX_KL_RATIO, mean_ci, over_seeds
 
 from .runner import Experiment, run_jobs, train_job
-from .stats import KL_THRESHOLDS, best_under_kl, make_rows, matched_kl, number, pareto_front, select_per_seed
+from .stats import (KL_THRESHOLDS, best_under_kl, difference_in_differences, make_rows, matched_kl, number,
+                    paired_difference, pareto_front, select_per_seed)
 from .tables import COLORS, ci_of, figure, mean_of, metric_table, pm, pmn, provenance, save, table
 
 # {variant: {AlignConfig field: values}}: the settings are the product. Six per objective, each
@@ -51,15 +54,72 @@ def settings(space: dict) -> list:
     return [dict(zip(space, combo)) for combo in itertools.product(*space.values())]
 
 
-def run(ctx, grid, sections=None, world="reviews") -> dict:
-    """grid: {variant: {field: values}}; sections: config changes shared by every job."""
-    jobs = [train_job(ctx, v, s, setting, sections or {}, world)
+def grid_jobs(ctx, grid, sections=None, world="reviews", **params) -> list:
+    """grid: {variant: {field: values}} → one training job per variant, setting and seed;
+    sections: config changes shared by every job."""
+    return [train_job(ctx, v, s, setting, sections or {}, world, **params)
             for v, space in grid.items() for setting in settings(space) for s in ctx.seeds]
+
+
+def run(ctx, grid, sections=None, world="reviews") -> dict:
+    jobs = grid_jobs(ctx, grid, sections, world)
     return {"grid": grid, "jobs": len(jobs), "rows": make_rows(jobs, run_jobs(ctx, jobs))}
 
 
+ON_POLICY = ("rpo", "dro")  # their settings again on π_ref's own samples: the off-policy effect is a difference of differences
+
+
 def run_offpolicy(ctx, grid) -> dict:
-    return run(ctx, grid, {"collect": {"off_policy": True}})
+    """The grid on the off-policy generator's data; RPO's and DRO's settings again on π_ref's own
+    samples (rows marked "on"), with the same seeds and sizes."""
+    jobs = grid_jobs(ctx, grid, {"collect": {"off_policy": True}}) + \
+        grid_jobs(ctx, {v: grid[v] for v in ON_POLICY}, row={"data": "on"})
+    return {"grid": grid, "jobs": len(jobs), "rows": make_rows(jobs, run_jobs(ctx, jobs))}
+
+
+def _arm(d, on: bool) -> dict:
+    """d with only its off-policy rows (on=False) or only its on-policy arm (on=True)."""
+    return {**d, "rows": [r for r in d["rows"] if (r.get("data") == "on") == on]}
+
+
+def offpolicy_did(rows, keys=("gold", "gated_gold", "kl")) -> list:
+    """For each RPO and DRO setting (lr, τ) run on both data: DRO − RPO off-policy, DRO − RPO on
+    π_ref's samples, and their difference, each paired by seed. At equal τ, not at matched KL."""
+    by = {(r["variant"], r.get("data"), r["label"]): r["per_seed"]
+          for r in rows if r["variant"] in ON_POLICY}
+    out = []
+    for label in dict.fromkeys(lab for v, data, lab in by if v == "dro"):
+        arms = [by.get(k) for k in (("dro", None, label), ("rpo", None, label), ("dro", "on", label),
+                                     ("rpo", "on", label))]
+        if all(arms):
+            out.append({"setting": label, **{k: {"off": list(paired_difference(arms[0], arms[1], k)),
+                                                         "on": list(paired_difference(arms[2], arms[3], k)),
+                                                         "did": difference_in_differences(*arms, k)}
+                                                     for k in keys}})
+    return out
+
+
+def offpolicy_summary(d) -> dict:
+    out = summary(_arm(d, False))
+    out["summary"]["difference_in_differences"] = offpolicy_did(d["rows"])
+    return out
+
+
+def offpolicy_plot(d, path):
+    plot(_arm(d, False), path)
+
+
+def offpolicy_markdown(d) -> str:
+    lines = [[e["setting"], *[pmn(e[k][part], ".3f") if part == "did" else pm(*e[k][part])
+                              for k in ("gold", "gated_gold", "kl") for part in ("off", "on", "did")]]
+             for e in d["summary"]["difference_in_differences"]]
+    return "\n".join([markdown(_arm(d, False)), "",
+                      "The off-policy effect on DRO relative to RPO at equal settings: (DRO − RPO off-policy) − "
+                      "(DRO − RPO on π_ref's own samples), paired by seed (same seeds, data sizes and settings; "
+                      "at equal τ, not matched KL; > 0 in gold: the off-policy data costs RPO more than DRO):", "",
+                      table(["setting", *[f"{h} {k}" for k in ("Δgold", "Δgated", "ΔKL")
+                                          for h in ("off", "on", "Δ of Δ")]], lines), "",
+                      "The on-policy arm (π_ref's own samples):", "", metric_table(_arm(d, True)["rows"], reference=True)])
 
 
 def tuned(rows, against="rpo", keys=("reward", "gold", "gated_gold", "kl", "distinct_2", "toxicity_rate",
@@ -209,4 +269,4 @@ def markdown(d) -> str:
 
 
 FRONTIER = Experiment("frontier", GRID, run, plot, markdown, summary)
-OFFPOLICY = Experiment("offpolicy", OFFPOLICY_GRID, run_offpolicy, plot, markdown, summary)
+OFFPOLICY = Experiment("offpolicy", OFFPOLICY_GRID, run_offpolicy, offpolicy_plot, offpolicy_markdown, offpolicy_summary)

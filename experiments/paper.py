@@ -3,7 +3,9 @@
 The preset changes five things at once (per-token-mean log-probs, the "ref" estimator, τ = 5,
 lr 1e-4, KTO's matched-batch reference point). Here RPO gets each of them alone on top of our
 defaults, plus K = 4 (closer to the authors' data) and the authors' schedule (one epoch, warmed
-up throughout), then all of the preset; DRO gets the authors' value (a head on the policy's
+up throughout), then all of the preset. Per-token means are also added at the preset's learning
+rate and removed from the preset alone, so that what they do is measured at lr 1e-4 from both
+sides; DRO gets the authors' value (a head on the policy's
 pooled prompt states, `--dro_value shared`) and the preset; KTO the preset. Same data per seed.
 
 Also measured directly on the data: the mean log Ẑ(x) of the "ref" estimator (Σ_j π_ref(y_j|x)
@@ -32,14 +34,28 @@ ARMS = {"full": [
     ("rpo + lr 1e-4", "rpo", {"lr": 1e-4}, {}),
     ("rpo + K 4", "rpo", {}, {"k": 4}),
     ("rpo + one epoch, warm-up throughout", "rpo", {"steps": 50, "warmup": 50}, {}),
+    ("rpo + lr 1e-4 + per-token means", "rpo", {"lr": 1e-4, "length_normalize": True}, {}),
     ("rpo paper preset", "rpo-paper", {}, {}),
+    ("rpo paper preset − per-token means", "rpo-paper", {"length_normalize": False}, {}),
     ("dro default", "dro", {}, {}),
     ("dro + shared value head", "dro-shared", {}, {}),
     ("dro paper preset", "dro-paper", {}, {}),
     ("kto default", "kto", {}, {}),
     ("kto paper preset", "kto-paper", {}, {})],
     "quick": [("rpo default", "rpo", {}, {}), ("rpo + ref estimator", "rpo", {"estimator": "ref"}, {}),
-              ("dro + shared value head", "dro-shared", {}, {})]}
+              ("dro + shared value head", "dro-shared", {}, {}), ("rpo paper preset", "rpo-paper", {}, {}),
+              ("rpo paper preset − per-token means", "rpo-paper", {"length_normalize": False}, {})]}
+
+
+# The arm each arm is compared with, where it is not its objective's default: per-token means
+# added at the preset's learning rate, and removed from the preset, each against its own
+# starting point, so that both differences are made at lr 1e-4.
+AGAINST = {"rpo + lr 1e-4 + per-token means": "rpo + lr 1e-4",
+           "rpo paper preset − per-token means": "rpo paper preset"}
+
+
+def against(arm: str) -> str:
+    return AGAINST.get(arm, f"{arm.split()[0]} default")
 
 
 def run(ctx, arms) -> dict:
@@ -71,11 +87,11 @@ def ref_offset(job) -> dict:
 
 
 def paired(d) -> dict:
-    """Each arm − its objective's default arm, paired by seed."""
+    """Each arm − the arm it is compared with (`against`), paired by seed."""
     rows = {r["arm"]: r for r in d["rows"]}
     diffs = {}
     for arm, r in rows.items():
-        base = rows.get(f"{arm.split()[0]} default")
+        base = rows.get(against(arm))
         if base is not None and base is not r:
             diffs[arm] = {k: paired_difference(r["per_seed"], base["per_seed"], k)
                           for k in ("reward", "gold", "gated_gold", "kl", "distinct_2", "fluency")}
@@ -106,14 +122,14 @@ def markdown(d) -> str:
     lines = []
     for arm in d["grid"]["arms"]:
         r, diff = rows[arm], d["minus_default"].get(arm, {})
-        lines.append([arm, *[pm(mean_of(r, m), ci_of(r, m)) for m in ("gold", "gated_gold")],
+        lines.append([arm, against(arm) if diff else "—", *[pm(mean_of(r, m), ci_of(r, m)) for m in ("gold", "gated_gold")],
                       pm(mean_of(r, "kl"), ci_of(r, "kl"), ".2f"), pm(mean_of(r, "fluency"), ci_of(r, "fluency"), ".3f"),
                       *[pm(*diff[k]) if k in diff else "—" for k in ("gold", "kl", "fluency")]])
     offs = [[k, *[v for v in e.values()]] for k, e in sorted(d["ref_offset_summary"].items())]
     cols = list(next(iter(d["ref_offset_summary"].values())))
     return "\n".join([provenance(d), "", table(
-        ["arm", "gold", "gated gold", "KL", "fluency", "Δgold", "ΔKL", "Δfluency"], lines), "",
-        "Δ = arm − its objective's default arm, paired by seed.", "",
+        ["arm", "against", "gold", "gated gold", "KL", "fluency", "Δgold", "ΔKL", "Δfluency"], lines), "",
+        "Δ = arm − the arm in its \"against\" column, paired by seed.", "",
         "Mean log Ẑ(x) at τ = 5 (z-scored rewards) by estimator and reference log-prob (mean ± CI over seeds):", "",
         table(["K", *cols], offs), "", "All rows:", "", metric_table(d["rows"], extra=("arm",))])
 

@@ -114,6 +114,17 @@ def paired_difference(a: list, b: list, key: str) -> tuple[float, float]:
     return mean_ci([r[key] - bs[r["seed"]] for r in a if ok(r) and r["seed"] in bs])
 
 
+def difference_in_differences(a: list, b: list, c: list, e: list, key: str) -> list:
+    """[mean, 95% interval, n] of (a − b) − (c − e) in `key`, paired by seed over the seeds all
+    four per-seed lists have (diverged runs and missing values left out). With a, b = DRO, RPO
+    on off-policy data and c, e = DRO, RPO on π_ref's own samples: how much more the off-policy
+    data moves DRO than RPO."""
+    ok = lambda r: isinstance(r.get(key), (int, float)) and math.isfinite(r[key]) and not r.get("diverged")  # noqa: E731
+    a, b, c, e = ({r["seed"]: r[key] for r in x if ok(r)} for x in (a, b, c, e))
+    common = sorted(set(a) & set(b) & set(c) & set(e))
+    return [*mean_ci([(a[s] - b[s]) - (c[s] - e[s]) for s in common]), len(common)]
+
+
 class GradientSpread:
     """Running spread of vectors g_1..g_M (Welford, float64, O(P) memory):
 

@@ -1,7 +1,8 @@
 """Variance: does DRO's learned value add gradient variance, and is RPO more stable?
 
-    spread   along RPO's and DRO's training, at init, mid-training and the end, the spread of
-             the policy gradient over random minibatches at those fixed parameters, for
+    spread   along RPO's and DRO's training at one learning rate (the grid's trajectory_lr, for
+             both: neither trajectory moves farther only because it steps farther), at init,
+             mid-training and the end, the spread of the policy gradient over random minibatches at those fixed parameters, for
              several baselines on the SAME minibatches: rpo (τ log Ẑ(x)), none (0: target
              r/τ) and, on DRO's trajectory, dro (its V_φ(x)). At fixed parameters a learned
              value adds no estimation noise, so this cannot show the paper's claim; it is
@@ -23,14 +24,14 @@ from .runner import Experiment, Job, materials, quiet, run_jobs, train_job
 from .stats import GradientSpread, make_rows
 from .tables import COLORS, figure, pm, provenance, save, smooth, table
 
-GRID = {"full": {"batches": 32, "lrs": [1e-4, 3e-4, 1e-3, 3e-3]},
-        "quick": {"batches": 4, "lrs": [1e-4, 3e-3]}}
+GRID = {"full": {"batches": 32, "trajectory_lr": 1e-4, "lrs": [1e-4, 3e-4, 1e-3, 3e-3]},
+        "quick": {"batches": 4, "trajectory_lr": 1e-4, "lrs": [1e-4, 3e-3]}}
 COLLAPSE = 0.5  # a run whose test fluency ends below this counts as collapsed
 
 
 def run(ctx, g) -> dict:
-    traj = [Job(f"{__name__}:trajectory", ctx.cfg(s), s, v, params={"batches": g["batches"]}) for v in ("rpo", "dro")
-            for s in ctx.seeds]
+    traj = [Job(f"{__name__}:trajectory", ctx.cfg(s), s, v, params={"batches": g["batches"], "lr": g["trajectory_lr"]})
+            for v in ("rpo", "dro") for s in ctx.seeds]
     lr_jobs = [train_job(ctx, v, s, {"lr": lr}, values=v == "dro", inflation=True) for v in ("rpo", "dro")
                for lr in g["lrs"] for s in ctx.seeds]
     results = run_jobs(ctx, traj + lr_jobs)
@@ -57,11 +58,12 @@ def run(ctx, g) -> dict:
 
 
 def trajectory(job) -> dict:
-    """Train RPO or DRO, snapshotting the parameters at steps 0, steps/2 and steps; then, at each
-    snapshot, the gradient spread of each baseline on the same minibatches."""
+    """Train RPO or DRO at the job's learning rate, snapshotting the parameters at steps 0,
+    steps/2 and steps; then, at each snapshot, the gradient spread of each baseline on the same
+    minibatches."""
     m = materials(job.cfg)
     obj, cfg = job.variant, job.cfg.align
-    lr, tau, eot = cfg.lr_for(obj), cfg.tau_for(obj), m.enc.eot_token
+    lr, tau, eot = job.params["lr"], cfg.tau_for(obj), m.enc.eot_token
     base, data = m.base.value, m.data.value
     a = Alignment(obj, base, data, cfg, lr, tau, job.seed, eot, m.ctx.autocast)
     snaps = []
@@ -189,10 +191,11 @@ def markdown(d) -> str:
     fin = {v: [d["curves"][v][k][-1][0] for k in ("loss", "grad_norm")] for v in d["curves"]}
     return "\n".join([provenance(d), "",
                       f"Spread of the policy gradient over {d['grid']['batches']} minibatches at fixed parameters "
-                      "(same minibatches for every baseline; mean ± CI over seeds):", "",
+                      f"along RPO's and DRO's training, both at lr {d['grid']['trajectory_lr']:g} (same minibatches "
+                      "for every baseline; mean ± CI over seeds):", "",
                       table(["trajectory", "step", "baseline", "trace Cov", "‖mean grad‖²", "trace Cov / ‖mean‖²",
                              "cos(minibatch, full batch)"], lines), "",
-                      "Final training loss / gradient norm (mean over seeds): " +
+                      f"Final training loss / gradient norm at lr {d['grid']['trajectory_lr']:g} (mean over seeds): " +
                       ", ".join(f"{v} {a:.4g} / {b:.4g}" for v, (a, b) in fin.items()) + ".", "",
                       f"Learning-rate stress test (diverged = non-finite loss; collapsed = test fluency < "
                       f"{d['collapse_fluency']}):", "",

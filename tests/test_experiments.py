@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from experiments import EXPERIMENTS, exact_world, frontier, gap, runner, stats, variance
+from experiments import EXPERIMENTS, exact_world, frontier, gap, paper, runner, stats, variance
 from experiments.tables import writeup
 from rpo_mini.align import Alignment, prepare
 from rpo_mini.config import AlignConfig
@@ -298,9 +298,11 @@ def test_quick_all_runs_every_experiment_in_two_worker_processes(quick_all):
 def test_quick_frontiers(quick_all, name):
     d = _load(quick_all[0], name)
     grid = EXPERIMENTS[name].grid["quick"]  # {variant: {AlignConfig field: values}}, the settings a product
-    assert d["jobs"] == sum(len(frontier.settings(space)) for space in grid.values()) * 2
-    assert {(r["variant"], r["label"]) for r in d["rows"]} == {
-        (v, stats.setting_label(v, setting)) for v, space in grid.items() for setting in frontier.settings(space)}
+    on = frontier.ON_POLICY if name == "offpolicy" else ()  # run again on π_ref's own samples
+    assert d["jobs"] == sum(len(frontier.settings(space)) for v, space in grid.items() for _ in range(1 + (v in on))) * 2
+    for data, variants in ((None, grid), ("on", on)):
+        assert {(r["variant"], r["label"]) for r in d["rows"] if r.get("data") == data} == {
+            (v, stats.setting_label(v, setting)) for v in variants for setting in frontier.settings(grid[v])}
     _check_rows(d["rows"])
     s = d["summary"]
     assert set(s["best_gold_under_kl"]) == set(grid) and len(s["winner_gold"]) == len(stats.KL_THRESHOLDS)
@@ -308,8 +310,18 @@ def test_quick_frontiers(quick_all, name):
     assert set(s["matched"]) == set(frontier.MATCHED)
     assert [e["kl"] for e in s["matched"]["gold"]] == list(frontier.KL_TARGETS)
     if name == "offpolicy":
-        assert d["config"]["reviews"]["config"]["collect"]["off_policy"] is True  # what its jobs ran
+        assert d["config"]["reviews"]["varied"]["collect.off_policy"] == [False, True]  # what its jobs ran
         assert "rpo-ref" in s["tuned"] or "rpo-ref" in s["best_gold_under_kl"]
+        # the difference of differences, recomputed from the rows by seed
+        for e in s["difference_in_differences"]:
+            by = {(r["variant"], r.get("data")): {x["seed"]: x for x in r["per_seed"]}
+                  for r in d["rows"] if r["label"] == e["setting"]}
+            for k in ("gold", "kl"):
+                did = [(by["dro", None][sd][k] - by["rpo", None][sd][k]) - (by["dro", "on"][sd][k] - by["rpo", "on"][sd][k])
+                       for sd in (0, 1)]
+                assert e[k]["did"][0] == pytest.approx(sum(did) / 2) and e[k]["did"][2] == 2
+                assert e[k]["did"][0] == pytest.approx(e[k]["off"][0] - e[k]["on"][0])
+        assert len(s["difference_in_differences"]) == len(frontier.settings(grid["dro"]))
 
 
 def _check_exact(row):
@@ -444,7 +456,12 @@ def test_quick_paper(quick_all):
     arms = [a[0] for a in EXPERIMENTS["paper"].grid["quick"]]
     assert [r["arm"] for r in d["rows"]] == arms
     _check_rows(d["rows"])
-    assert set(d["minus_default"]) == {a for a in arms if a.split()[0] + " default" in arms and "default" not in a}
+    assert set(d["minus_default"]) == {a for a in arms if paper.against(a) in arms and paper.against(a) != a}
+    rows = {r["arm"]: {x["seed"]: x for x in r["per_seed"]} for r in d["rows"]}
+    for arm, diff in d["minus_default"].items():  # each against its own arm (the preset minus a factor: the preset)
+        assert diff["kl"][0] == pytest.approx(sum(rows[arm][sd]["kl"] - rows[paper.against(arm)][sd]["kl"]
+                                                  for sd in (0, 1)) / 2)
+    assert paper.against("rpo paper preset − per-token means") == "rpo paper preset"
     assert set(d["ref_offset"]) == {"8", "4"} and all(len(v) == 2 for v in d["ref_offset"].values())
 
 
