@@ -110,7 +110,7 @@ def offpolicy_plot(d, path):
 
 
 def offpolicy_markdown(d) -> str:
-    lines = [[e["setting"], *[pmn(e[k][part], ".3f") if part == "did" else pm(*e[k][part])
+    lines = [[e["setting"], *[pmn(e[k][part], "+.3f") if part == "did" else pm(*e[k][part])
                               for k in ("gold", "gated_gold", "kl") for part in ("off", "on", "did")]]
              for e in d["summary"]["difference_in_differences"]]
     return "\n".join([markdown(_arm(d, False)), "",
