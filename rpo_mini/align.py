@@ -251,6 +251,9 @@ class Alignment:
                     f"{gnorm:.3f}  lr {lr:.2e}{probe_txt}  {rate:,.0f} tok/s")
 
         loop.run(loss_at, after_step, until)
+        if loop.step:  # the last update can make the next loss non-finite: stop before the policy is kept
+            with torch.no_grad():
+                training.check_finite(self.loss(self.batch(loop.step - 1))[0], loop.step, f"{name} after its last update")
         if probe and loop.step == cfg.steps:
             self._probe(probe, loop.step)
         self.policy.eval()
