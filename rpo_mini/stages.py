@@ -24,8 +24,8 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, exact, files, runtime, training
-from .align import OBJECTIVES, align
+from . import checkpoint, exact, files, runtime
+from .align import OBJECTIVES, TRAINING_SETTINGS, align
 from .collect import collect
 from .config import AlignConfig, stage_key, to_dict
 from .data import DatasetError, read_jsonl, write_jsonl
@@ -141,11 +141,36 @@ def say_saved_progress(ctx: Context, state_path: str, name: str) -> None:
             f"Rerun with --resume to continue from it instead.")
 
 
+# --- what each stage's key is made of ------------------------------------------------------------
+# Each key covers what its stage reads: the keys of its inputs and its own settings. A test walks
+# every field of the Config: changing one a stage reads changes that stage's key, changing any
+# other leaves it as it was.
+
+def tokenizer_key(world_cfg, cfg) -> str:
+    """The world (its corpus is built from every WorldConfig field) and the TokenizerConfig."""
+    return stage_key(world_cfg, cfg)
+
+
+def base_key(tok_key: str, mcfg: GPTConfig, cfg, seed: int, dtype: torch.dtype) -> str:
+    """The tokenizer, the model's shape, the PretrainConfig, the seed and the precision trained in."""
+    return stage_key(tok_key, mcfg, cfg, seed, str(dtype))
+
+
+def dataset_key(base_key: str, cfg) -> str:
+    """The base model and the CollectConfig."""
+    return stage_key(base_key, cfg)
+
+
+def evaluation_key(model_key: str, cfg, seed: int, prompts: list[str], max_new_tokens: int) -> str:
+    """The model, the EvalConfig, the seed, the prompts and the longest response sampled."""
+    return stage_key(model_key, cfg, seed, prompts, max_new_tokens)
+
+
 # --- tokenizer and model shape -------------------------------------------------------------------
 
 def tokenizer(ctx: Context, world, cfg) -> Artifact:
     """A byte-level BPE trained on the world's corpus (cfg: TokenizerConfig) → tiktoken.Encoding."""
-    key = stage_key(world.cfg, cfg)
+    key = tokenizer_key(world.cfg, cfg)
     path = ctx.path("data", f"tokenizer-{key}.tiktoken")
 
     def build():
@@ -188,7 +213,7 @@ def load_model(config: GPTConfig, path: str) -> GPT:
 
 def base_model(ctx: Context, world, tok: Artifact, mcfg: GPTConfig, cfg, seed: int) -> Artifact:
     """Next-token pretraining on the corpus (cfg: PretrainConfig): the base model, π_ref."""
-    key = stage_key(tok.key, mcfg, cfg, seed)
+    key = base_key(tok.key, mcfg, cfg, seed, ctx.dtype)
     path = ctx.path("checkpoints", f"base-{key}.pt")
     enc = tok.value
 
@@ -229,7 +254,7 @@ def dataset(ctx: Context, world, tok: Artifact, base: Artifact, cfg, seed: int) 
         with open(path, "rb") as f:
             key = stage_key(base.key, hashlib.sha256(f.read()).hexdigest())
     else:
-        key = stage_key(base.key, cfg)
+        key = dataset_key(base.key, cfg)
         path = ctx.path("data", f"dataset-{key}.jsonl")
 
         def build():
@@ -251,9 +276,10 @@ def dataset(ctx: Context, world, tok: Artifact, base: Artifact, cfg, seed: int) 
 # --- aligned policies ----------------------------------------------------------------------------
 
 def policy_key(data: Artifact, objective: str, seed: int, cfg: AlignConfig) -> str:
-    """Keyed by the *effective* learning rate and τ, however they were set (flag, preset, sweep)."""
-    rest = {k: v for k, v in to_dict(cfg).items() if not (k.endswith("lr") or k.endswith("tau"))}
-    return stage_key(data.key, objective, seed, rest, cfg.lr_for(objective), cfg.tau_for(objective))
+    """Keyed by what the objective's training reads: the settings every objective trains with, its
+    own, and its *effective* learning rate and τ, however they were set (flag, preset, sweep)."""
+    read = {k: getattr(cfg, k) for k in TRAINING_SETTINGS + OBJECTIVES[objective].settings}
+    return stage_key(data.key, objective, seed, read, cfg.lr_for(objective), cfg.tau_for(objective))
 
 
 def validation_probe(ctx: Context, world, tok: Artifact, ref: GPT, prompts: list[str], max_new_tokens: int,
@@ -327,7 +353,7 @@ def evaluate(ctx: Context, name: str, model: Artifact, ref: GPT, seed: int, worl
     """Samples of `model` on the test prompts (or `prompts`), scored, with their log-ratio to
     `ref` (cfg: EvalConfig); cached as JSON under the model's key."""
     prompts = prompts or world.test_prompts[:cfg.eval_prompts or None]
-    key = stage_key(model.key, cfg, seed, prompts, max_new_tokens)
+    key = evaluation_key(model.key, cfg, seed, prompts, max_new_tokens)
     path = ctx.path("eval", f"{name}-s{seed}-{key}.json")
 
     def build():
