@@ -32,7 +32,7 @@ plot and tables:
 `runner.py` runs them (jobs, worker processes, saving), `stats.py` holds the small statistics,
 `tables.py` the markdown and plot helpers. From the repository root:
 
-    python -m experiments NAME [--quick] [--seeds 0,1,2,3,4] [--device auto] [--out findings]
+    python -m experiments NAME [--quick] [--seeds 0,1,2,3,4] [--device auto] [--out DIR]
                                [--workers N] [--cache DIR] [--fixed-data] [--plan]
     python -m experiments all --workers 8          # everything: one GPU, 16 CPU cores
     python -m experiments all --plan               # the job counts, nothing run
@@ -40,6 +40,10 @@ plot and tables:
     python -m experiments all --quick              # a smoke test (minutes on a 2-core CPU)
 
 FINDINGS.md names the command each result came from (each JSON's `rerun`), with its seeds.
+
+Results go to `findings/` only from a full run of the design the committed `findings/NAME.json`
+records (its seeds and data design); `--quick` and any other run write to `out/findings-scratch/`
+unless `--out` says where.
 
 Each experiment writes `OUT/NAME.json` (settings, machine, date, per-seed raw values, means with
 95% intervals over seeds) and `OUT/NAME.png`, and prints its tables. Everything heavy goes

@@ -28,7 +28,6 @@ the correct answer, near misses (training reward ≥ 1/2, not correct) or anythi
 """
 
 import copy
-import math
 
 import torch
 

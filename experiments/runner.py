@@ -90,7 +90,6 @@ class Ctx:
     quick: bool = False
     seeds: list = field(default_factory=lambda: [0, 1, 2, 3, 4])
     device: str = "auto"
-    out: str = "findings"
     cache: str = "out/experiments"
     workers: int = 1
     fixed_data: bool = False
@@ -436,7 +435,7 @@ def dro_values(m: JobMaterials, policy_path: str, tau: float) -> list:
 # Running one experiment and saving it
 
 
-def run_experiment(ctx: Ctx, exp: Experiment) -> dict:
+def run_experiment(ctx: Ctx, exp: Experiment, out: str) -> dict:
     """Run `exp`, write OUT/NAME.json (settings, machine, date, raw values, analysis) and
     OUT/NAME.png, print its tables; with --plan, count its jobs only."""
     name, grid = exp.name, exp.grid["quick" if ctx.quick else "full"]
@@ -460,10 +459,10 @@ def run_experiment(ctx: Ctx, exp: Experiment) -> dict:
          "rerun": f"python -m experiments {name}{opts}",
          "config": ran_configs(ctx.ran), **result}
     d = exp.analysed(strict(d))  # the analysis sees what writeup will read back: strict JSON
-    write_json(os.path.join(ctx.out, f"{name}.json"), d)
-    exp.plot(d, os.path.join(ctx.out, f"{name}.png"))
+    write_json(os.path.join(out, f"{name}.json"), d)
+    exp.plot(d, os.path.join(out, f"{name}.png"))
     print(exp.markdown(d), flush=True)
-    print(f"== {name}: {d['jobs']} jobs in {d['elapsed_s']:.1f}s → {ctx.out}/{name}.json, {name}.png\n", flush=True)
+    print(f"== {name}: {d['jobs']} jobs in {d['elapsed_s']:.1f}s → {out}/{name}.json, {name}.png\n", flush=True)
     return d
 
 

@@ -48,6 +48,14 @@ class Objective:
     value_network: bool    # trains a value network V_φ(x) next to the policy
     prepare: Callable      # (rewards, data, ref_logps, cfg, tau, exact_log_z) -> dict of extra per-sample tensors
     loss: Callable         # (alignment, batch) -> (loss, metrics)
+    settings: tuple = ()   # the AlignConfig fields it reads besides TRAINING_SETTINGS, its lr and its τ
+
+
+# The AlignConfig fields every objective's training reads (its policy's cache key covers them, its
+# own settings, its learning rate and τ, and nothing else). checkpoint_every, when the training state
+# is saved, is read too but never changes what is trained, so it is left out of the key.
+TRAINING_SETTINGS = ("steps", "batch_size", "warmup", "grad_clip", "clip_separately", "length_normalize",
+                     "rewards_zscore", "eval_every")
 
 
 # --- each objective's fixed inputs and minibatch loss ----------------------------------------
@@ -120,10 +128,12 @@ def _nothing(rewards, data, ref_logps, cfg, tau, exact_log_z):
 
 
 OBJECTIVES = {o.name: o for o in (
-    Objective("sft", "tab:green", "sft_mode", ("best", "above_mean", "all"), False, False, _sft_prepare, _sft_loss),
-    Objective("kto", "tab:orange", "beta", (0.03, 0.1, 0.3), False, False, _kto_prepare, _kto_loss),
-    Objective("dro", "tab:purple", "dro_tau", (0.1, 0.3, 1.0), True, True, _nothing, _dro_loss),
-    Objective("rpo", "tab:blue", "rpo_tau", (0.1, 0.3, 1.0), True, False, _rpo_prepare, _rpo_loss),
+    Objective("sft", "tab:green", "sft_mode", ("best", "above_mean", "all"), False, False, _sft_prepare, _sft_loss,
+              ("sft_mode",)),
+    Objective("kto", "tab:orange", "beta", (0.03, 0.1, 0.3), False, False, _kto_prepare, _kto_loss,
+              ("beta", "kto_variant", "kto_threshold")),
+    Objective("dro", "tab:purple", "dro_tau", (0.1, 0.3, 1.0), True, True, _nothing, _dro_loss, ("dro_value",)),
+    Objective("rpo", "tab:blue", "rpo_tau", (0.1, 0.3, 1.0), True, False, _rpo_prepare, _rpo_loss, ("estimator",)),
 )}
 
 
@@ -251,6 +261,9 @@ class Alignment:
                     f"{gnorm:.3f}  lr {lr:.2e}{probe_txt}  {rate:,.0f} tok/s")
 
         loop.run(loss_at, after_step, until)
+        if loop.step:  # the last update can make the next loss non-finite: stop before the policy is kept
+            with torch.no_grad():
+                training.check_finite(self.loss(self.batch(loop.step - 1))[0], loop.step, f"{name} after its last update")
         if probe and loop.step == cfg.steps:
             self._probe(probe, loop.step)
         self.policy.eval()

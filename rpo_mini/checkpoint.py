@@ -4,12 +4,14 @@ A checkpoint is a dict of tensors and plain values (numbers, strings, lists, dic
 loads with `torch.load(..., weights_only=True)`: a crafted pickle is refused, never run.
 """
 
+import codecs
 import os
 import pickle
 import zipfile
 
 import torch
 
+from . import files
 from .files import atomic_open
 from .runtime import UserError
 
@@ -25,9 +27,18 @@ def save(obj: dict, path: str) -> None:
 
 
 def load(path: str, map_location="cpu") -> dict:
+    """The checkpoint at `path`. Refused with a message that says which: a file that is not there,
+    one that is not a checkpoint at all (text: a report, a JSON file), and a damaged one (not
+    what its record says was written, or not a complete archive)."""
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if files.record(path) is not None and (why := files.check(path)):
+        raise CheckpointError(f"checkpoint {path} is damaged: it {why}; delete it and rerun the stage that "
+                              f"makes it")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut one loses its directory
+        if _is_text(path):
+            raise CheckpointError(f"{path} is not a checkpoint but a text file (a report, JSON or log?): pass a "
+                                  f".pt file that train.py wrote under OUT/checkpoints")
         raise CheckpointError(f"checkpoint {path} is truncated or corrupted (not a complete checkpoint "
                               f"archive); delete it and rerun the stage that makes it")
     try:
@@ -39,6 +50,16 @@ def load(path: str, map_location="cpu") -> dict:
         raise CheckpointError(f"checkpoint {path} is truncated or corrupted ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else 'no detail'}); delete it "
                               f"and rerun the stage that makes it") from None
+
+
+def _is_text(path: str) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    try:  # incremental: a character cut at the 4096th byte is not an error
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    return bool(head) and b"\0" not in head
 
 
 def load_state_dict(module: torch.nn.Module, state: dict, path: str = "checkpoint") -> None:

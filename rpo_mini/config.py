@@ -225,8 +225,56 @@ def apply(cfg: Config, overrides: dict) -> Config:
     return cfg
 
 
+# What each numeric setting must be: (section, field) → (test, what it must be). `validate` applies
+# every one before any work starts; a test walks the command line and gives every numeric flag a
+# value out of range.
+def at_least(low):
+    return (lambda v: v >= low, f"at least {low}")
+
+
+_POSITIVE = (lambda v: math.isfinite(v) and v > 0, "a positive number")
+_NONNEGATIVE = (lambda v: math.isfinite(v) and v >= 0, "a number ≥ 0")
+_FRACTION = (lambda v: 0 < v < 1, "a fraction strictly between 0 and 1")
+CHECKS = {
+    ("run", "seed"): at_least(0), ("run", "threads"): at_least(0),
+    ("world", "corpus_size"): at_least(1), ("world", "prior_strength"): _NONNEGATIVE,
+    ("world", "val_fraction"): _FRACTION, ("world", "test_fraction"): _FRACTION,
+    ("world", "wrong_fraction"): (lambda v: 0 <= v < 1, "a fraction ≥ 0 and below 1"),
+    ("world", "arithmetic_prompts"): at_least(1),
+    ("world", "max_operand"): (lambda v: 1 <= v <= 449, "in 1..449 (every answer 1 to 3 digits)"),
+    ("tokenizer", "vocab_size"): at_least(257),  # 256 bytes + end-of-text
+    ("model", "n_layer"): at_least(1), ("model", "n_head"): at_least(1), ("model", "n_embd"): at_least(1),
+    ("model", "dropout"): (lambda v: 0 <= v < 1, "a rate ≥ 0 and below 1"),
+    ("pretrain", "pretrain_steps"): at_least(0), ("pretrain", "pretrain_batch_size"): at_least(1),
+    ("pretrain", "pretrain_lr"): _POSITIVE,
+    ("collect", "k"): at_least(1), ("collect", "n_prompts"): at_least(0), ("collect", "temperature"): _POSITIVE,
+    ("collect", "top_k"): at_least(0), ("collect", "max_new_tokens"): at_least(1),
+    ("align", "steps"): at_least(1), ("align", "batch_size"): at_least(2),
+    **{("align", name): _POSITIVE for name in ("lr", "sft_lr", "kto_lr", "dro_lr", "rpo_lr", "tau", "rpo_tau",
+                                               "dro_tau", "beta")},
+    ("align", "warmup"): at_least(0), ("align", "grad_clip"): _NONNEGATIVE,
+    ("align", "eval_every"): at_least(1), ("align", "checkpoint_every"): at_least(1),
+    ("eval", "eval_prompts"): at_least(0), ("eval", "eval_samples"): at_least(1),
+}
+
+
+def check(flag: str, value, rule: tuple) -> None:
+    """Refuse `value` of `flag` unless it passes `rule` (one of CHECKS' values); None passes."""
+    ok, must = rule
+    if value is not None and not ok(value):
+        raise UserError(f"{flag} must be {must}, got {value}")
+
+
 def validate(cfg: Config) -> None:
     """Refuse bad settings before any work starts, naming the flag and the fix."""
+    for (section, name), rule in CHECKS.items():
+        check("--" + (RENAMED.get((section, name)) or name), getattr(getattr(cfg, section), name), rule)
+    w = cfg.world
+    if w.val_fraction + w.test_fraction >= 1:
+        raise UserError(f"--val_fraction {w.val_fraction} and --test_fraction {w.test_fraction} leave no training "
+                        "prompts: together they must stay below 1")
+    if cfg.model.n_embd % cfg.model.n_head:
+        raise UserError(f"--n_embd {cfg.model.n_embd} must divide by --n_head {cfg.model.n_head}")
     objs = objectives(cfg)
     bad = [o for o in objs if o not in OBJECTIVES]
     if bad or not objs:
@@ -234,21 +282,7 @@ def validate(cfg: Config) -> None:
     if len(set(objs)) != len(objs):
         raise UserError(f"--objectives repeats an objective ({cfg.run.objectives}); name each once")
     seeds(cfg)
-    c = cfg.collect
-    if not (math.isfinite(c.temperature) and c.temperature > 0):
-        raise UserError(f"--temperature must be a positive number, got {c.temperature}")
-    if c.top_k < 0:
-        raise UserError(f"--top_k must be 0 (off) or a positive number of tokens, got {c.top_k}")
-    a = cfg.align
-    for name in ("tau", "rpo_tau", "dro_tau", "beta", "lr", "sft_lr", "kto_lr", "dro_lr", "rpo_lr"):
-        value = getattr(a, name)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise UserError(f"--{name} must be a positive number, got {value}")
-    for section, name, low in (("align", "steps", 1), ("align", "batch_size", 2), ("collect", "k", 1),
-                               ("collect", "max_new_tokens", 1), ("pretrain", "pretrain_steps", 0),
-                               ("eval", "eval_samples", 1)):
-        if getattr(getattr(cfg, section), name) < low:
-            raise UserError(f"--{name} must be at least {low}, got {getattr(getattr(cfg, section), name)}")
+    c, a = cfg.collect, cfg.align
     if a.estimator == "iw" and "rpo" in objs:
         if not (c.off_policy or c.dataset):
             raise UserError("--estimator iw reweights off-policy samples by π_ref/μ; on-policy data comes from "
@@ -272,15 +306,22 @@ def objectives(cfg: Config) -> list[str]:
 
 
 def seeds(cfg: Config) -> list[int]:
+    return parse_seeds(cfg.run.seeds)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """"0,1,2" → [0, 1, 2]; anything else (not integers, negative, none, a seed twice) is refused."""
     try:
-        out = [int(s) for s in cfg.run.seeds.split(",") if s.strip()]
+        out = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise UserError(f"--seeds must be comma-separated integers like 0,1,2; got {cfg.run.seeds!r}") from None
+        raise UserError(f"--seeds must be comma-separated integers like 0,1,2; got {text!r}") from None
     if not out:
         raise UserError("--seeds is empty; give at least one seed, like 0 or 0,1,2")
+    if min(out) < 0:
+        raise UserError(f"--seeds must be integers ≥ 0; got {text!r}")
     if len(set(out)) != len(out):
         # two copies of one seed are one run twice: their interval would be a fake ±0
-        raise UserError(f"--seeds repeats a seed ({cfg.run.seeds}); give distinct seeds, like 0,1,2")
+        raise UserError(f"--seeds repeats a seed ({text}); give distinct seeds, like 0,1,2")
     return out
 
 

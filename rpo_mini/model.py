@@ -210,7 +210,11 @@ class GPT(nn.Module):
                 kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
             logp = F.log_softmax(logits, dim=-1)
-            nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
+            try:
+                nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
+            except RuntimeError as e:  # NaN or inf probabilities: a model whose weights have blown up
+                raise FloatingPointError("the model's next-token probabilities are not finite (its weights "
+                                         "have blown up); lower the learning rate") from e
             nxt = torch.where(done, torch.full_like(nxt, eot_token), nxt)
             out_tokens.append(nxt)
             out_logps.append(torch.where(done, 0.0, logp.gather(1, nxt[:, None]).squeeze(1)))

@@ -24,8 +24,8 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, exact, runtime, training
-from .align import OBJECTIVES, align
+from . import checkpoint, exact, files, runtime
+from .align import OBJECTIVES, TRAINING_SETTINGS, align
 from .collect import collect
 from .config import AlignConfig, stage_key, to_dict
 from .data import DatasetError, read_jsonl, write_jsonl
@@ -104,29 +104,80 @@ def context(run, log=tqdm.write) -> Context:
                    log if dist.is_main else quiet, run.compile, run.resume)
 
 
-def cached(ctx: Context, paths: list[str], build, load, everyone_builds: bool = False):
+def cached(ctx: Context, paths: list[str], build, load, everyone_builds: bool = False, alone: bool = False,
+           **made_by):
     """The one caching helper: (value, built?) — loaded from `paths[0]` when every file in `paths`
-    exists, else built by `build()`, which writes them. Rank 0 builds alone (the others wait and
-    load) unless `everyone_builds`: training under torchrun, where each rank takes its share."""
+    exists and matches the record of what was written (`files.check`); else built by `build()`,
+    which writes them, and each file is then sealed with its digest and `made_by` (the stage and
+    its key). Each file that fails its check is named in a one-line notice, and the stage is built
+    again.
+
+    Who builds: rank 0 alone, the others waiting to load; every rank with `everyone_builds`
+    (training under torchrun, each rank taking its share, rank 0 writing); this process alone,
+    without waiting for the others, with `alone` (a stage only rank 0 runs, e.g. evaluation)."""
     if all(os.path.exists(p) for p in paths):
-        return load(paths[0]), False
-    value = build() if everyone_builds or ctx.dist.is_main else None
-    ctx.dist.barrier()
+        failed = [(p, why) for p in paths if (why := files.check(p))]
+        if not failed:
+            return load(paths[0]), False
+        for p, why in failed:
+            ctx.log(f"cache: {p} {why}; making it again")
+    value = build() if everyone_builds or alone or ctx.dist.is_main else None
+    if alone or ctx.dist.is_main:
+        for p in paths:
+            files.seal(p, **made_by)
+    if not alone:
+        ctx.dist.barrier()
     return (value if value is not None else load(paths[0])), True
+
+
+def say_saved_progress(ctx: Context, state_path: str, name: str) -> None:
+    """A training stage run without --resume that finds saved progress says so, and how far it
+    got, before it starts over."""
+    if ctx.resume or not os.path.exists(state_path):
+        return
+    r = files.record(state_path) or {}
+    at = f"step {r['step']} of {r['steps']}" if "step" in r and "steps" in r else "an unknown step"
+    ctx.log(f"{name}: {state_path} holds saved progress (at {at}); starting over. "
+            f"Rerun with --resume to continue from it instead.")
+
+
+# --- what each stage's key is made of ------------------------------------------------------------
+# Each key covers what its stage reads: the keys of its inputs and its own settings. A test walks
+# every field of the Config: changing one a stage reads changes that stage's key, changing any
+# other leaves it as it was.
+
+def tokenizer_key(world_cfg, cfg) -> str:
+    """The world (its corpus is built from every WorldConfig field) and the TokenizerConfig."""
+    return stage_key(world_cfg, cfg)
+
+
+def base_key(tok_key: str, mcfg: GPTConfig, cfg, seed: int, dtype: torch.dtype) -> str:
+    """The tokenizer, the model's shape, the PretrainConfig, the seed and the precision trained in."""
+    return stage_key(tok_key, mcfg, cfg, seed, str(dtype))
+
+
+def dataset_key(base_key: str, cfg) -> str:
+    """The base model and the CollectConfig."""
+    return stage_key(base_key, cfg)
+
+
+def evaluation_key(model_key: str, cfg, seed: int, prompts: list[str], max_new_tokens: int) -> str:
+    """The model, the EvalConfig, the seed, the prompts and the longest response sampled."""
+    return stage_key(model_key, cfg, seed, prompts, max_new_tokens)
 
 
 # --- tokenizer and model shape -------------------------------------------------------------------
 
 def tokenizer(ctx: Context, world, cfg) -> Artifact:
     """A byte-level BPE trained on the world's corpus (cfg: TokenizerConfig) → tiktoken.Encoding."""
-    key = stage_key(world.cfg, cfg)
+    key = tokenizer_key(world.cfg, cfg)
     path = ctx.path("data", f"tokenizer-{key}.tiktoken")
 
     def build():
         with ctx.timed("tokenizer"):
             save_ranks(train_bpe([p + r for p, r in world.corpus], cfg.vocab_size), path)
 
-    enc, _ = cached(ctx, [path], build, load_encoding)
+    enc, _ = cached(ctx, [path], build, load_encoding, stage="tokenizer", key=key)
     return Artifact(enc, key, path)
 
 
@@ -148,7 +199,8 @@ def model_config(world, enc, cfg: GPTConfig, max_new_tokens: int) -> GPTConfig:
 def checkpoint_dict(model: GPT, kind: str, tok: Artifact, world, **extra) -> dict:
     """What a model checkpoint carries besides its weights: enough for `python -m rpo_mini.sample`."""
     return {"kind": kind, "model_config": dataclasses.asdict(model.config), "model": model.state_dict(),
-            "tokenizer": os.path.abspath(tok.path), "world": to_dict(world.cfg), **extra}
+            "tokenizer": os.path.abspath(tok.path), "tokenizer_sha256": files.digest(tok.path),
+            "world": to_dict(world.cfg), **extra}
 
 
 def load_model(config: GPTConfig, path: str) -> GPT:
@@ -161,11 +213,12 @@ def load_model(config: GPTConfig, path: str) -> GPT:
 
 def base_model(ctx: Context, world, tok: Artifact, mcfg: GPTConfig, cfg, seed: int) -> Artifact:
     """Next-token pretraining on the corpus (cfg: PretrainConfig): the base model, π_ref."""
-    key = stage_key(tok.key, mcfg, cfg, seed)
+    key = base_key(tok.key, mcfg, cfg, seed, ctx.dtype)
     path = ctx.path("checkpoints", f"base-{key}.pt")
     enc = tok.value
 
     def build():
+        say_saved_progress(ctx, path + ".state", "base model")
         with ctx.timed("pretrain"):
             runtime.seed_everything(seed)
             model = GPT(mcfg).to(ctx.device)
@@ -175,13 +228,14 @@ def base_model(ctx: Context, world, tok: Artifact, mcfg: GPTConfig, cfg, seed: i
                                train_model=ctx.wrap(model), dist=ctx.dist)
             if ctx.dist.is_main:
                 checkpoint.save(checkpoint_dict(model, "base", tok, world, history=history), path)
-                training.remove(path + ".state")
+                files.remove(path + ".state")
         final = f", final loss {history[-1]['loss']:.3f}" if history else ""
         ctx.log(f"base model: pretrained {cfg.pretrain_steps} steps in {ctx.timings['pretrain']:.1f}s"
                 f"{final} → {path}")
         return model
 
-    model, built = cached(ctx, [path], build, lambda p: load_model(mcfg, p), everyone_builds=True)
+    model, built = cached(ctx, [path], build, lambda p: load_model(mcfg, p), everyone_builds=True,
+                          stage="base model", key=key)
     if not built:
         ctx.log(f"base model: cached {path}")
     return Artifact(model.to(ctx.device).eval(), key, path)
@@ -200,7 +254,7 @@ def dataset(ctx: Context, world, tok: Artifact, base: Artifact, cfg, seed: int) 
         with open(path, "rb") as f:
             key = stage_key(base.key, hashlib.sha256(f.read()).hexdigest())
     else:
-        key = stage_key(base.key, cfg)
+        key = dataset_key(base.key, cfg)
         path = ctx.path("data", f"dataset-{key}.jsonl")
 
         def build():
@@ -210,7 +264,7 @@ def dataset(ctx: Context, world, tok: Artifact, base: Artifact, cfg, seed: int) 
             ctx.log(f"dataset: {len(records)} samples ({cfg.k} per prompt, "
                     f"{'off-policy' if cfg.off_policy else 'from π_ref'}) in {ctx.timings['collect']:.1f}s → {path}")
 
-        cached(ctx, [path], build, lambda p: None)
+        cached(ctx, [path], build, lambda p: None, stage="dataset", key=key)
     data = read_jsonl(path, block_size, base.value.config.response_grammar)
     lone = data.lone_prompts()
     if lone:
@@ -222,9 +276,10 @@ def dataset(ctx: Context, world, tok: Artifact, base: Artifact, cfg, seed: int) 
 # --- aligned policies ----------------------------------------------------------------------------
 
 def policy_key(data: Artifact, objective: str, seed: int, cfg: AlignConfig) -> str:
-    """Keyed by the *effective* learning rate and τ, however they were set (flag, preset, sweep)."""
-    rest = {k: v for k, v in to_dict(cfg).items() if not (k.endswith("lr") or k.endswith("tau"))}
-    return stage_key(data.key, objective, seed, rest, cfg.lr_for(objective), cfg.tau_for(objective))
+    """Keyed by what the objective's training reads: the settings every objective trains with, its
+    own, and its *effective* learning rate and τ, however they were set (flag, preset, sweep)."""
+    read = {k: getattr(cfg, k) for k in TRAINING_SETTINGS + OBJECTIVES[objective].settings}
+    return stage_key(data.key, objective, seed, read, cfg.lr_for(objective), cfg.tau_for(objective))
 
 
 def validation_probe(ctx: Context, world, tok: Artifact, ref: GPT, prompts: list[str], max_new_tokens: int,
@@ -247,9 +302,11 @@ def policy(ctx: Context, objective: str, seed: int, base: Artifact, data: Artifa
     the dataset's prompts) gives RPO's "exact" estimator the enumerated log Z(x)."""
     key = policy_key(data, objective, seed, cfg)
     path = ctx.path("checkpoints", f"{objective}-s{seed}-{key}.pt")
-    hist_path = path.replace(".pt", ".json")
+    hist_path, value_path = path.replace(".pt", ".json"), path.replace(".pt", ".value.pt")
+    paths = [path, hist_path] + ([value_path] if OBJECTIVES[objective].value_network else [])
 
     def build():
+        say_saved_progress(ctx, path + ".state", f"{objective} (seed {seed})")
         runtime.seed_everything(seed)
         t0 = time.perf_counter()
         model, value, history = align(
@@ -259,10 +316,10 @@ def policy(ctx: Context, objective: str, seed: int, base: Artifact, data: Artifa
         history["seconds"] = time.perf_counter() - t0
         if ctx.dist.is_main:
             if value is not None:
-                checkpoint.save({"kind": "value", "model": value.state_dict()}, path.replace(".pt", ".value.pt"))
+                checkpoint.save({"kind": "value", "model": value.state_dict()}, value_path)
             checkpoint.save(checkpoint_dict(model, "policy", tok, world, objective=objective, seed=seed), path)
             write_json(hist_path, history)
-            training.remove(path + ".state")
+            files.remove(path + ".state")
         last = history["train"][-1]
         ctx.log(f"{objective} (seed {seed}): {cfg.steps} steps in {history['seconds']:.1f}s, "
                 f"loss {last['loss']:.4f}, grad norm {last['grad_norm']:.3f} → {path}")
@@ -272,7 +329,7 @@ def policy(ctx: Context, objective: str, seed: int, base: Artifact, data: Artifa
         with open(hist_path) as f:
             return load_model(base.value.config, p), json.load(f)
 
-    (model, history), built = cached(ctx, [path, hist_path], build, load, everyone_builds=True)
+    (model, history), built = cached(ctx, paths, build, load, everyone_builds=True, stage=objective, key=key)
     if not built:
         ctx.log(f"{objective} (seed {seed}): cached {path}")
     return Artifact(model.to(ctx.device).eval(), key, path), history
@@ -296,16 +353,21 @@ def evaluate(ctx: Context, name: str, model: Artifact, ref: GPT, seed: int, worl
     """Samples of `model` on the test prompts (or `prompts`), scored, with their log-ratio to
     `ref` (cfg: EvalConfig); cached as JSON under the model's key."""
     prompts = prompts or world.test_prompts[:cfg.eval_prompts or None]
-    key = stage_key(model.key, cfg, seed, prompts)
+    key = evaluation_key(model.key, cfg, seed, prompts, max_new_tokens)
     path = ctx.path("eval", f"{name}-s{seed}-{key}.json")
-    if os.path.exists(path):
-        with open(path) as f:
+
+    def build():
+        with ctx.timed("evaluate"):
+            s = sample_and_score(model.value, ref, tok.value, world, prompts, cfg.eval_samples, max_new_tokens,
+                                 1000 + seed, ctx.autocast)
+        write_json(path, s)
+        return s
+
+    def load(p):
+        with open(p) as f:
             return json.load(f)
-    with ctx.timed("evaluate"):
-        s = sample_and_score(model.value, ref, tok.value, world, prompts, cfg.eval_samples, max_new_tokens,
-                             1000 + seed, ctx.autocast)
-    write_json(path, s)
-    return s
+
+    return cached(ctx, [path], build, load, alone=True, stage=f"evaluation {name}", key=key)[0]
 
 
 # --- the sweep -----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from functools import lru_cache
 import torch
 from tqdm import tqdm
 
-from . import checkpoint
+from . import checkpoint, files
 from .runtime import Dist
 
 
@@ -58,6 +58,15 @@ def check_finite(loss: torch.Tensor, step: int, what: str) -> None:
     if not torch.isfinite(loss):
         raise FloatingPointError(f"{what}: the loss became {loss.item()} at step {step}; stopping "
                                  f"rather than training on. Lower the learning rate or check the rewards.")
+
+
+def check_parameters(modules: dict, step: int, what: str) -> None:
+    """The last update can also make a parameter NaN or infinite (the loss that preceded it was
+    finite): checked before parameters are saved, or handed on to be sampled from."""
+    for name, m in modules.items():
+        if not all(torch.isfinite(p).all() for p in m.parameters()):
+            raise FloatingPointError(f"{what}: the {name}'s parameters are no longer finite after step {step}; "
+                                     f"stopping before they are saved or used. Lower the learning rate.")
 
 
 def grad_norm(params) -> torch.Tensor:
@@ -113,23 +122,24 @@ class SigintGuard:
         return False
 
 
-def save_state(path: str, step: int, modules: dict, optimizer, extra: dict | None = None) -> None:
+def save_state(path: str, step: int, steps: int, modules: dict, optimizer, extra: dict | None = None) -> None:
+    """Write a training-state file and its record (which says how far it got: step of steps)."""
     checkpoint.save({"step": step, "optimizer": optimizer.state_dict(),
                      **{name: m.state_dict() for name, m in modules.items()}, **(extra or {})}, path)
+    files.seal(path, stage="training state", step=step, steps=steps)
 
 
 def load_state(path: str, modules: dict, optimizer) -> tuple[int, dict]:
-    """Restore modules and optimizer from a training-state file; return (step, the whole dict)."""
+    """Restore modules and optimizer from a training-state file; return (step, the whole dict).
+    A file that is not what was written is refused (CheckpointError), never resumed from."""
+    why = files.check(path)
+    if why:
+        raise checkpoint.CheckpointError(f"saved progress {path} {why}: delete it to start that stage over")
     state = checkpoint.load(path)
     for name, m in modules.items():
         checkpoint.load_state_dict(m, state[name], path)
     optimizer.load_state_dict(state["optimizer"])
     return state["step"], state
-
-
-def remove(path: str) -> None:
-    if os.path.exists(path):
-        os.remove(path)
 
 
 class Loop:
@@ -166,7 +176,7 @@ class Loop:
         return True
 
     def save(self) -> None:
-        save_state(self.state_path, self.step, self.modules, self.optimizer, {"history": self.history})
+        save_state(self.state_path, self.step, self.steps, self.modules, self.optimizer, {"history": self.history})
 
     def run(self, loss_at, after_step, until: int | None = None) -> None:
         until = self.steps if until is None else min(until, self.steps)
@@ -188,7 +198,9 @@ class Loop:
                 bar.update(1)
                 periodic = self.save_every and self.step % self.save_every == 0 and self.step < self.steps
                 if self.state_path and self.dist.is_main and (guard.requested or periodic):
+                    check_parameters(self.modules, self.step, self.name)
                     self.save()
                 if guard.requested:
                     raise Interrupted(f"{self.name} interrupted at step {self.step}; state saved to {self.state_path}")
         bar.close()
+        check_parameters(self.modules, self.step, self.name)

@@ -52,7 +52,7 @@ def stable(metrics: dict) -> dict:
     (["--objectives", "rpo,rpo"], "--objectives repeats an objective"),
     (["--temperature", "-1"], "--temperature must be a positive number, got -1.0"),
     (["--temperature", "0"], "--temperature must be a positive number, got 0.0"),
-    (["--top_k", "-3"], "--top_k must be 0 (off) or a positive number"),
+    (["--top_k", "-3"], "--top_k must be at least 0, got -3"),
     (["--reward", "charm"], "--reward 'charm' is not a reward of the reviews world"),
 ])
 def test_bad_flags_fail_early_with_one_clear_message(args, message, tmp_path):

@@ -6,9 +6,11 @@ import json
 import math
 
 import pytest
+import torch
 
 from rpo_mini import report, stages
-from rpo_mini.config import PAPER, QUICK, AlignConfig, parse_config
+from rpo_mini.align import OBJECTIVES, align
+from rpo_mini.config import PAPER, QUICK, AlignConfig, Config, parse_config
 from rpo_mini.files import atomic_open, write_json
 from rpo_mini.stages import Artifact
 
@@ -39,6 +41,90 @@ def test_a_policy_is_keyed_by_its_own_learning_rate_and_tau_only():
     assert key("sft") == key("sft", tau=5.0)  # τ does not apply to SFT
     assert key("rpo") != key("rpo", estimator="ref") and key("rpo") != stages.policy_key(data, "rpo", 1, a)
     assert key("rpo") != stages.policy_key(Artifact(None, "other", ""), "rpo", 0, a)
+
+
+def _stage_keys(cfg: Config) -> dict:
+    """Every stage's key from one Config, the keys of its inputs held fixed."""
+    up = "upstream-key"
+    keys = {"tokenizer": stages.tokenizer_key(cfg.world, cfg.tokenizer),
+            "base model": stages.base_key(up, cfg.model, cfg.pretrain, cfg.run.seed, torch.float32),
+            "dataset": stages.dataset_key(up, cfg.collect),
+            "evaluation": stages.evaluation_key(up, cfg.eval, 0, ["a prompt"], cfg.collect.max_new_tokens)}
+    return keys | {f"policy {o}": stages.policy_key(Artifact(None, up, ""), o, 0, cfg.align) for o in OBJECTIVES}
+
+
+def _expected_reads(stage: str) -> set:
+    """What each stage is handed, written out here: (section, field) pairs."""
+    every = lambda section: {(section, f.name) for f in dataclasses.fields(getattr(Config(), section))}  # noqa: E731
+    if stage.startswith("policy"):
+        o = OBJECTIVES[stage.split()[1]]
+        own = {"sft": {"sft_mode"}, "kto": {"beta", "kto_variant", "kto_threshold"}, "dro": {"dro_value"},
+               "rpo": {"estimator"}}[o.name]
+        rates = {"lr", f"{o.name}_lr"} | ({"tau", f"{o.name}_tau"} if o.uses_tau else set())
+        common = {"steps", "batch_size", "warmup", "grad_clip", "clip_separately", "length_normalize",
+                  "rewards_zscore", "eval_every"}
+        return {("align", f) for f in common | own | rates}
+    return {"tokenizer": every("world") | every("tokenizer"),
+            "base model": every("model") | every("pretrain") | {("run", "seed")},
+            "dataset": every("collect"),
+            "evaluation": every("eval") | {("collect", "max_new_tokens")}}[stage]
+
+
+def _changed(value, f):
+    """Another valid value of a field."""
+    if "choices" in f.metadata:
+        return next(c for c in f.metadata["choices"] if c != value)
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value * 2 + 1
+    if value is None:
+        return 0.5
+    if isinstance(value, tuple):
+        return value + (1,)
+    return value + "-changed" if value else "changed"
+
+
+def test_every_stage_key_covers_exactly_what_the_stage_reads():
+    base = Config()
+    before = _stage_keys(base)
+    for section, sub in ((f.name, getattr(base, f.name)) for f in dataclasses.fields(Config)):
+        for f in dataclasses.fields(sub):
+            cfg = dataclasses.replace(base, **{section: dataclasses.replace(sub, **{f.name: _changed(
+                getattr(sub, f.name), f)})})
+            after = _stage_keys(cfg)
+            for stage in before:
+                reads = (section, f.name) in _expected_reads(stage)
+                assert (after[stage] != before[stage]) == reads, (stage, section, f.name, reads)
+
+
+def _recording(obj, seen: set):
+    """A copy of a config dataclass that adds the name of every field read to `seen`."""
+    names = {f.name for f in dataclasses.fields(obj)}
+
+    class Recording(type(obj)):
+        def __getattribute__(self, name):
+            if name in names:
+                seen.add(name)
+            return object.__getattribute__(self, name)
+
+    copy = object.__new__(Recording)
+    copy.__dict__.update(obj.__dict__)
+    return copy
+
+
+@pytest.mark.parametrize("objective", list(OBJECTIVES))
+def test_training_reads_exactly_the_settings_its_policy_key_covers(tiny, objective):
+    """Measured, not declared: every AlignConfig field an objective's training touches is one its
+    key covers (checkpoint_every aside: it only says when the state is saved)."""
+    st, base, data = tiny
+    seen = set()
+    cfg = _recording(dataclasses.replace(st.cfg.align, steps=2), seen)
+    align(objective, base, data, cfg, 1e-4, 0.3 if OBJECTIVES[objective].uses_tau else None, 0, st.enc.eot_token,
+          probe=lambda policy: {})
+    covered = {f for s, f in _expected_reads(f"policy {objective}")} - {"lr", "tau", f"{objective}_lr",
+                                                                         f"{objective}_tau"}
+    assert seen - {"checkpoint_every"} == covered
 
 
 def test_the_sweep_sets_each_objective_s_own_learning_rate_and_knob():
