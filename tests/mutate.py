@@ -8,7 +8,7 @@ A mutant changes one operator or constant of the module's code (+ ↔ −, * ↔
 and ↔ or, a number n → n + 1, a unary minus dropped), chosen at random with a fixed seed among
 every such place outside docstrings. Each mutant is written into a copy of the repository (the
 working tree is never touched) and the tests of that module (`TESTS`) run on the copy; the mutant
-is *caught* when they fail. A mutant that survives is either a real hole in the tests, to be
+is *caught* when they fail. Every set of tests first runs once unmutated and must pass there. A mutant that survives is either a real hole in the tests, to be
 pinned with a test against a hand-worked value, or a change that cannot alter behaviour (an
 equivalent mutant), which the report shows for a reader to judge.
 
@@ -28,7 +28,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# module → the tests that cover it (fast ones: the end-to-end runs are left to the full suite).
+# module → the tests that cover it (the fast ones where a module's file also holds end-to-end runs).
 TESTS = {
     "rpo_mini/align.py": ["tests/test_align.py"],
     "rpo_mini/checkpoint.py": ["tests/test_reliability.py::test_a_crafted_pickle_is_refused_without_running_it",
@@ -56,7 +56,13 @@ TESTS = {
     "rpo_mini/tokenizer.py": ["tests/test_tokenizer.py"],
     "rpo_mini/training.py": ["tests/test_training.py"],
     "rpo_mini/worlds.py": ["tests/test_worlds.py"],
+    "train.py": ["tests/test_pipeline.py"],
     "experiments/stats.py": ["tests/test_experiments.py -k 'not quick and not writeup'"],
+    "experiments/tables.py": ["tests/test_experiments.py"],
+    "experiments/runner.py": ["tests/test_experiments.py", "tests/test_flags.py -k experiment"],
+    "experiments/__main__.py": ["tests/test_experiments.py", "tests/test_flags.py -k experiment"],
+    **{f"experiments/{name}.py": ["tests/test_experiments.py"]
+       for name in ("frontier", "exact_world", "gap", "heterogeneity", "paper", "variance", "cost")},
 }
 
 SWAPS = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult,
@@ -134,8 +140,7 @@ def plan(modules: list, per_module: int, seed: int) -> list:
 
 
 def copy_repo(dst: str) -> None:
-    ignore = shutil.ignore_patterns(".git", ".venv", "venv", "out", "__pycache__", "*.egg-info", "findings",
-                                    "results", "notebooks", ".ipynb_checkpoints")
+    ignore = shutil.ignore_patterns(".git", ".venv", "venv", "out", "__pycache__", "*.egg-info", ".ipynb_checkpoints")
     shutil.copytree(ROOT, dst, ignore=ignore, dirs_exist_ok=True)
 
 
@@ -176,6 +181,13 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         repo = os.path.join(tmp, "repo")
         copy_repo(repo)
+        for tests in sorted({tuple(TESTS[m]) for m, _ in mutants}):  # unmutated, each must pass
+            module = next(m for m, _ in mutants if tuple(TESTS[m]) == tests)
+            failed, seconds = run_tests(repo, module, args.timeout)
+            print(f"[baseline] {'FAILED' if failed else 'passed'} {' '.join(tests)}  ({seconds:.0f}s)", flush=True)
+            if failed:
+                print("error: these tests fail without any mutation; fix them first", file=sys.stderr)
+                return 2
         for n, (module, site) in enumerate(mutants, 1):
             path = os.path.join(repo, module)
             with open(path) as f:

@@ -95,7 +95,7 @@ def test_a_bad_dataset_file_is_refused_before_training(tmp_path, bad, message):
     path.write_text(json.dumps(_record()) + "\n" + json.dumps(_record(**bad)) + "\n")
     r = train("--quick", "--out", str(tmp_path / "out"), "--dataset", str(path))
     assert r.returncode == 2, r.stderr[-2000:]
-    assert f"mine.jsonl:2: " in r.stderr and message in r.stderr and "Traceback" not in r.stderr
+    assert "mine.jsonl:2: " in r.stderr and message in r.stderr and "Traceback" not in r.stderr
     assert not os.listdir(tmp_path / "out" / "checkpoints")  # refused before pretraining
 
 
