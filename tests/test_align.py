@@ -425,3 +425,18 @@ def test_config_refuses_the_iw_estimator_without_off_policy_data():
     assert parse_config(["--estimator", "iw", "--objectives", "sft,dro"]).align.estimator == "iw"  # no RPO: moot
     cfg = parse_config(["--dro_value", "shared", "--clip_separately"])
     assert (cfg.align.dro_value, cfg.align.clip_separately) == ("shared", True)
+
+
+def test_saved_progress_is_resumed_only_when_asked(tiny, tmp_path):
+    st, base, data = tiny
+    cfg = dataclasses.replace(st.cfg.align, steps=4, checkpoint_every=2)
+    state = str(tmp_path / "rpo.state")
+    Alignment("rpo", base, data, cfg, lr=1e-3, tau=0.5, seed=0, eot=st.enc.eot_token).train(
+        state_path=state, until=2, log=lambda *x: None)
+    said = []
+    fresh = Alignment("rpo", base, data, cfg, lr=1e-3, tau=0.5, seed=0, eot=st.enc.eot_token)
+    fresh.train(state_path=state, resume=False, log=said.append, until=1)
+    assert fresh.loop.step == 1 and not any("resumed" in s for s in said)
+    again = Alignment("rpo", base, data, cfg, lr=1e-3, tau=0.5, seed=0, eot=st.enc.eot_token)
+    again.train(state_path=state, resume=True, log=said.append, until=3)
+    assert "rpo: resumed at step 2" in said and again.loop.step == 3

@@ -144,3 +144,11 @@ def test_on_policy_records_have_no_behavior_log_prob(arith, tiny):
     st, base, _ = tiny
     recs = collect(base, st.enc, st.world, dataclasses.replace(st.cfg.collect, off_policy=True, n_prompts=2), seed=0)
     assert all("behavior_logp" not in r for r in recs)
+
+
+def test_each_record_s_fluency_is_the_world_s_judgement_of_its_text(tiny):
+    """`fluent` is non-empty *and* in the world's language: a barely trained base writes both kinds."""
+    st, _, data = tiny
+    judged = [bool(r["response"]) and st.world.is_fluent(r["prompt"], r["response"]) for r in data.records]
+    assert [r["fluent"] for r in data.records] == judged
+    assert 0 < sum(judged) < len(judged)  # both kinds occur, so a wrong rule shows

@@ -115,3 +115,28 @@ def test_over_seeds_by_hand():
     assert mean["b"] == 2.0 and math.isnan(ci["b"])  # NaN left out; one value and no interval of its own
     mean, ci = over_seeds(runs[:1])
     assert (mean["a"], ci["a"]) == (1.0, 0.3)  # one run keeps its own interval over prompts
+
+
+def test_the_t_quantile_is_the_table_s_up_to_30_degrees_of_freedom_then_normal():
+    from rpo_mini.evaluate import _t975
+
+    assert _t975(30) == 2.042 and _t975(31) == 1.96 and _t975(12) == 2.228  # between entries: the smaller df's
+    assert mean_ci([0.0, 2.0] * 16)[1] == pytest.approx(1.96 * math.sqrt(32 / 31) / math.sqrt(32))
+
+
+def test_pareto_front_by_hand():
+    from rpo_mini.evaluate import pareto_front
+
+    # equal KL, higher value dominates; equal value, lower KL dominates; a duplicate does not dominate itself
+    pts = [(1.0, 0.5), (1.0, 0.7), (2.0, 0.7), (0.5, 0.2), (0.5, 0.2)]
+    assert pareto_front(pts) == [False, True, False, True, True]
+
+
+def test_front_value_at_by_hand():
+    from rpo_mini.evaluate import front_value_at
+
+    pts = [(0.3, 0.1), (1.0, 0.8)]
+    assert front_value_at(pts, 0.5, max_ratio=2.0) == pytest.approx(0.1 + 0.7 * 0.2 / 0.7)  # both within 2×
+    assert front_value_at(pts, 0.7, max_ratio=2.0) is None  # 0.3 < 0.7 / 2: a chord, no read
+    assert front_value_at(pts, 0.3, max_ratio=2.0) == 0.1 and front_value_at(pts, 1.0, max_ratio=2.0) == 0.8
+    assert front_value_at(pts, 0.2) is None and front_value_at(pts, 1.5) is None  # never extrapolated

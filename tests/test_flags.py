@@ -172,3 +172,22 @@ def test_a_rerun_without_resume_says_how_far_the_saved_progress_got(tiny, tmp_pa
     stages.policy(ctx, "rpo", 0, st.base_artifact, st.data_artifact, cfg, st.tok, st.world)
     assert any(f"{state} holds saved progress (at step 1 of 2)" in s and "--resume" in s for s in said), said
     assert not state.exists()  # trained through and tidied up
+
+
+def test_every_range_accepts_its_bound_and_refuses_just_past_it():
+    """The edges of config.CHECKS, read from each rule's own words: "at least n" accepts n and
+    refuses n − 1; "a positive number" refuses 0 and accepts a tiny number."""
+    import re
+
+    from rpo_mini.config import CHECKS
+
+    edges = 0
+    for (section, name), (ok, must) in CHECKS.items():
+        if m := re.fullmatch(r"at least (\d+)", must):
+            n = int(m.group(1))
+            assert ok(n) and not ok(n - 1), (section, name, must)
+            edges += 1
+        elif must == "a positive number":
+            assert ok(1e-12) and not ok(0.0) and not ok(-1e-12), (section, name)
+            edges += 1
+    assert edges >= 30

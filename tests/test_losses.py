@@ -599,3 +599,24 @@ def test_weighted_losses_equal_the_plain_losses_on_samples_repeated_by_their_wei
     assert plain.item() == pytest.approx(rpo_loss(pol, ref, r, log_z, 0.4, weights=torch.ones(n))[0].item())
     with pytest.raises(ValueError, match="weights"):
         rpo_loss(pol, ref, r, log_z, 0.4, weights=-w)
+
+
+def test_leave_one_out_with_a_tied_maximum_matches_a_naive_loop():
+    """Two samples share their group's maximum: neither is the unique maximum, and each one's
+    leave-one-out sum still has the other's term."""
+    tau = 0.4
+    r, ids = t64([2.0, 2.0, 0.5, 1.0, 3.0, 3.0, 3.0]), torch.tensor([0, 0, 0, 1, 1, 2, 2])
+    got = log_partition(r, ids, tau, "loo").tolist()
+    for i, (ri, p) in enumerate(zip(r.tolist(), ids.tolist())):
+        others = [x for j, (x, q) in enumerate(zip(r.tolist(), ids.tolist())) if q == p and j != i]
+        assert got[i] == pytest.approx(math.log(sum(math.exp(x / tau) for x in others) / len(others)), rel=1e-12)
+
+
+def test_leave_one_out_of_a_dominant_maximum_is_the_others_sum_not_a_cancellation():
+    """The group's maximum outweighs the rest by e^{1e4}: its leave-one-out sum must come from the
+    others directly (L + log(1 − e^{v−L}) would cancel to −inf)."""
+    tau = 1.0
+    r, ids = t64([1e4, 1.0, 2.0]), torch.tensor([0, 0, 0])
+    got = log_partition(r, ids, tau, "loo")
+    assert got[0].item() == pytest.approx(math.log((math.exp(1.0) + math.exp(2.0)) / 2), rel=1e-12)
+    assert got[1].item() == pytest.approx(1e4 - math.log(2), rel=1e-12)
