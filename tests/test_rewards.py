@@ -117,3 +117,35 @@ def test_arithmetic_prompt_parsing():
     assert R.true_sum("17+25=") == "42"
     with pytest.raises(ValueError):
         R.true_sum("17-25=")
+
+
+# The lexicons as a reader would classify the words, written out here (not read from the code).
+POSITIVE = {"amazing", "excellent", "fantastic", "wonderful", "great", "delicious", "friendly", "tasty", "cozy",
+            "fresh", "good", "clean", "fast", "nice", "pleasant", "decent", "fine", "loved", "enjoyed", "recommend",
+            "recommended", "worth", "treat", "superb", "lovely", "charming"}
+NEGATIVE = {"terrible", "awful", "horrible", "disgusting", "bad", "rude", "dirty", "boring", "bland", "cold", "dull",
+            "mediocre", "slow", "never", "waste", "avoid", "regret", "disappointment", "refund", "soggy", "stale",
+            "overpriced", "greasy", "noisy", "cramped"}
+# Every word's strength, as specified (a change to a lexicon is a change to the worlds' rewards:
+# make it here too, on purpose).
+TIERS = {3.0: "amazing excellent fantastic wonderful superb", 2.0: "great delicious friendly tasty loved enjoyed "
+         "recommend recommended lovely", 1.5: "cozy fresh good worth treat charming", 1.0: "clean fast nice pleasant",
+         0.5: "decent fine", -1.0: "bland cold dull mediocre slow greasy noisy cramped",
+         -1.5: "boring refund soggy stale overpriced", -2.0: "bad rude dirty never waste avoid regret disappointment",
+         -3.0: "terrible awful horrible disgusting"}
+STRENGTH = {w: v for v, ws in TIERS.items() for w in ws.split()}
+
+
+def test_every_lexicon_word_has_the_sign_a_reader_gives_it():
+    assert set(R.GOLD_LEXICON) == POSITIVE | NEGATIVE
+    for w in POSITIVE | NEGATIVE:
+        sign = 1 if w in POSITIVE else -1
+        assert math.copysign(1, R.gold("", f" {w} .")) == sign, w
+        if w in R.SENTIMENT_LEXICON:
+            assert math.copysign(1, R.sentiment("", f" {w} .")) == sign, w
+
+
+@pytest.mark.parametrize("word, polarity", STRENGTH.items())
+def test_every_word_s_strength_by_hand(word, polarity):
+    reward = R.sentiment if word in R.SENTIMENT_LEXICON else R.gold
+    assert reward("", f" {word} .") == pytest.approx(math.tanh(polarity / 3))
