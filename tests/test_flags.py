@@ -191,3 +191,11 @@ def test_every_range_accepts_its_bound_and_refuses_just_past_it():
             assert ok(1e-12) and not ok(0.0) and not ok(-1e-12), (section, name)
             edges += 1
     assert edges >= 30
+
+
+def test_sample_refuses_a_checkpoint_that_holds_no_policy(tmp_path):
+    """A value network's checkpoint is a complete archive, but not a model sample can load."""
+    path = tmp_path / "value.pt"
+    checkpoint.save({"kind": "value", "model": {"w": torch.zeros(2)}}, str(path))
+    r = sample("--ckpt", str(path))
+    assert r.returncode == 2 and "not a base or policy checkpoint" in r.stderr and "Traceback" not in r.stderr

@@ -620,3 +620,15 @@ def test_leave_one_out_of_a_dominant_maximum_is_the_others_sum_not_a_cancellatio
     got = log_partition(r, ids, tau, "loo")
     assert got[0].item() == pytest.approx(math.log((math.exp(1.0) + math.exp(2.0)) / 2), rel=1e-12)
     assert got[1].item() == pytest.approx(1e4 - math.log(2), rel=1e-12)
+
+
+def test_a_group_of_equal_rewards_ties_with_its_own_rounded_mean():
+    """Float32 copies of 7.7 sum and divide to a mean an ulp off 7.7 (above it for seven copies,
+    below for three): every copy is still "at the mean" — desirable for KTO, not above it for
+    SFT — at a magnitude well above 1."""
+    for n, above in ((7, True), (3, False)):
+        r, ids = torch.full((n,), 7.7, dtype=torch.float32), torch.zeros(n, dtype=torch.long)
+        mean = (torch.zeros(1).index_add(0, ids, r) / n)[0]
+        assert (mean > r[0]) == above and mean != r[0]  # the rounding this test is about
+        assert binarize_rewards(r, ids, "prompt").all()
+        assert not sft_select(r, ids, "above_mean").any()
