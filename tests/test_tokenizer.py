@@ -86,3 +86,12 @@ def test_saved_file_reloads_to_identical_ids(tmp_path):
 def test_vocab_size_below_bytes_is_refused():
     with pytest.raises(ValueError, match="vocab_size"):
         train_bpe(CORPUS, vocab_size=100)
+
+
+def test_the_smallest_vocabulary_is_the_bytes_and_end_of_text():
+    from rpo_mini.tokenizer import train_bpe
+
+    ranks = train_bpe(["abab abab"], 257)
+    assert len(ranks) == 256 and all(ranks[bytes([b])] == b for b in range(256))  # no merge fits
+    with pytest.raises(ValueError, match="at least 257"):
+        train_bpe(["abab"], 256)

@@ -357,3 +357,20 @@ def test_gold_floor_is_minus_one_for_reviews_and_zero_for_arithmetic(reviews, ar
     assert reviews.off_policy_logprob is None and callable(arithmetic.off_policy_logprob)
     # no fluent arithmetic answer scores below the floor (exactly correct: 1, else 0)
     assert min(R.correct("17+25=", y) for y in arithmetic.responses() if arithmetic.is_fluent("17+25=", y)) == 0.0
+
+
+@pytest.mark.parametrize("prompt, want", [("3+4=", 0), ("10+10=", 1), ("9+10=", 0), ("15+17=", 2), ("55+55=", 3),
+                                          ("99+1=", 2), ("5+5=", 1)])
+def test_difficulty_by_hand(prompt, want):
+    """Carries, plus one when both operands have two digits or more (10 counts as two)."""
+    from rpo_mini.worlds import _difficulty
+
+    assert _difficulty(prompt) == want
+
+
+def test_the_error_rate_is_capped_at_95_percent():
+    world = make_world(WorldConfig(name="arithmetic", wrong_fraction=0.9, prior_strength=1.0))
+    rates = [world.error_rate(p) for p in world.train_prompts]
+    hardest = max(world.train_prompts, key=lambda p: world.error_rate(p))
+    assert max(rates) == 0.95 and 0.9 * 27 / world.mean_weight > 0.95  # the cap binds on the hardest
+    assert world.error_rate(hardest) == 0.95
