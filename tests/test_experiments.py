@@ -509,3 +509,17 @@ def test_quick_gap(quick_all):
         for c in r["trace"]:  # the mass adds up, and regret = τ·KL(π‖π*_τ) ≥ 0
             assert c["test_mass_correct"] + c["test_mass_near_miss"] + c["test_mass_other"] == pytest.approx(1.0)
             assert 0 <= c["train_mass_observed"] <= 1 + 1e-9 and c["test_regret"] >= -1e-12
+
+
+def test_difference_in_differences_by_hand():
+    """(a − b) − (c − e) per seed, over the seeds all four have; a diverged run drops its seed."""
+    from experiments.stats import difference_in_differences
+
+    row = lambda seed, v, **kw: {"seed": seed, "x": v, **kw}  # noqa: E731
+    a = [row(0, 5.0), row(1, 4.0), row(2, 9.0, diverged=True)]
+    b = [row(0, 1.0), row(1, 2.0), row(2, 1.0)]
+    c = [row(0, 3.0), row(1, 3.0), row(2, 1.0)]
+    e = [row(0, 2.0), row(1, 2.5)]
+    mean, half, n = difference_in_differences(a, b, c, e, "x")
+    # seed 0: (5 − 1) − (3 − 2) = 3; seed 1: (4 − 2) − (3 − 2.5) = 1.5; seed 2 diverged
+    assert n == 2 and mean == pytest.approx(2.25) and half == pytest.approx(12.706 * 0.75)  # sd 0.75·√2, n = 2
