@@ -123,10 +123,17 @@ class SigintGuard:
 
 
 def save_state(path: str, step: int, steps: int, modules: dict, optimizer, extra: dict | None = None) -> None:
-    """Write a training-state file and its record (which says how far it got: step of steps)."""
+    """Write a training-state file and its record (which says how far it got: step of steps).
+
+    The new state and its record are written beside the old ones, and the record is moved into
+    place first: a kill at any moment leaves a state with its own record (old or new), except
+    between the two moves, where the mismatch is refused by name rather than resumed from."""
+    new = path + ".new"
     checkpoint.save({"step": step, "optimizer": optimizer.state_dict(),
-                     **{name: m.state_dict() for name, m in modules.items()}, **(extra or {})}, path)
-    files.seal(path, stage="training state", step=step, steps=steps)
+                     **{name: m.state_dict() for name, m in modules.items()}, **(extra or {})}, new)
+    files.seal(new, stage="training state", step=step, steps=steps)
+    os.replace(new + files.RECORD, path + files.RECORD)
+    os.replace(new, path)
 
 
 def load_state(path: str, modules: dict, optimizer) -> tuple[int, dict]:

@@ -53,7 +53,7 @@ def test_quick_run_writes_every_policy_metric_and_plot(quick_run):
 
 def test_cache_reuses_the_base_model_and_rebuilds_when_pretraining_changes(quick_run):
     out, _ = quick_run
-    base = [f for f in os.listdir(out / "checkpoints") if f.startswith("base-")]
+    base = [f for f in os.listdir(out / "checkpoints") if f.startswith("base-") and f.endswith(".pt")]
     mtime = os.path.getmtime(out / "checkpoints" / base[0])
     r = train("--quick", "--out", str(out), "--device", "cpu", "--objectives", "rpo")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -62,7 +62,7 @@ def test_cache_reuses_the_base_model_and_rebuilds_when_pretraining_changes(quick
     r = train("--quick", "--out", str(out), "--device", "cpu", "--objectives", "rpo", "--pretrain_steps", "20")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "base model: pretrained 20 steps" in r.stdout
-    assert len([f for f in os.listdir(out / "checkpoints") if f.startswith("base-")]) == 2
+    assert len([f for f in os.listdir(out / "checkpoints") if f.startswith("base-") and f.endswith(".pt")]) == 2
 
 
 @pytest.mark.parametrize("objective", ["sft", "kto", "dro", "rpo"])
