@@ -66,6 +66,7 @@ class Objective:
     settings: tuple = ()   # the AlignConfig fields it reads besides TRAINING_SETTINGS, its lr and its τ
     fresh: str = "never"   # trains on fresh samples of the policy: "never", "always", or "online" (when --online)
     once: Callable | None = None  # (rewards, data, cfg) -> per-prompt tensors from π_ref's dataset, before training
+    one_per_prompt: bool = False  # fresh samples: one per prompt (A*-PO), not a group of --group_size
 
     def trains_fresh(self, cfg) -> bool:
         return self.fresh == "always" or (self.fresh == "online" and cfg.online)
@@ -73,7 +74,7 @@ class Objective:
     def reads(self, cfg) -> tuple:
         """The AlignConfig fields its training reads besides its lr and τ (its policy's cache key)."""
         online = ("online",) if self.fresh == "online" else ()
-        group = ("group_size",) if self.trains_fresh(cfg) and self.name != "apo" else ()
+        group = ("group_size",) if self.trains_fresh(cfg) and not self.one_per_prompt else ()
         return TRAINING_SETTINGS + self.settings + online + group
 
 
@@ -194,7 +195,7 @@ OBJECTIVES = {o.name: o for o in (
     Objective("grpo", "tab:pink", "grpo_tau", (0.1, 0.3, 1.0), True, False, _groups_prepare, _grpo_loss,
               ("grpo_std",), fresh="always"),
     Objective("apo", "tab:olive", "apo_tau", (0.1, 0.3, 1.0), True, False, _apo_prepare, _apo_loss,
-              ("apo_beta1",), fresh="always", once=_apo_once),
+              ("apo_beta1",), fresh="always", once=_apo_once, one_per_prompt=True),
 )}
 DEFAULT_OBJECTIVES = ("sft", "kto", "dro", "rpo")  # what `python train.py` trains: the offline four
 
@@ -256,7 +257,7 @@ class Alignment:
                 raise ValueError(f"{objective} trains on fresh samples: pass fresh=Fresh(world, enc, reward, "
                                  f"max_new_tokens)")
             self.fresh = fresh
-            self.group = 1 if objective == "apo" else cfg.group_size  # A*-PO: one fresh sample per prompt
+            self.group = 1 if self.objective.one_per_prompt else cfg.group_size
             # the dataset's prompts, by prompt id: (id, text) — fresh samples answer the same prompts
             self.prompts = sorted({int(i): r["prompt"] for i, r in zip(data.prompt_ids.tolist(), data.records)}.items())
             self.prompts_per_step = min(max(1, cfg.batch_size // self.group), len(self.prompts))

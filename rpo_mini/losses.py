@@ -1,6 +1,6 @@
-"""The four alignment objectives of rpo_mini, as pure functions over per-sequence tensors.
+"""The alignment objectives of rpo_mini, as pure functions over per-sequence tensors.
 
-All four start from KL-regularised reward maximisation,
+All of them start from KL-regularised reward maximisation,
 
     max_pi  E_x [ E_{y~pi} r(x,y)  -  tau * KL(pi(.|x) || pi_ref(.|x)) ],
 
@@ -24,6 +24,13 @@ they do about the unknown shift V*(x):
 - KTO  (Kahneman-Tversky Optimization, Ethayarajh et al., arXiv 2402.01306): binarise the
   reward and push rho up or down relative to a batch reference point z0.
 - SFT: imitate the good responses (negative log-likelihood).
+
+The online family does the same on fresh samples of the policy being trained, the shift taken
+from each step's group of K samples of a prompt (`group_advantages`): RLOO (the others' mean),
+GRPO (the group's mean and std), Dr. GRPO (its mean), each as a policy gradient on the reward
+r - tau*rho (`pg_loss`); A*-PO (Brantley et al., arXiv 2505.20686) estimates V*(x) once from
+pi_ref's samples (`apo_values`) and regresses on one fresh sample per prompt (`apo_loss`); online
+RPO and DRO are `rpo_loss` and `dro_loss` on fresh groups.
 
 `log_partition(..., estimator="uniform")` is exact for rewards replaced by their within-prompt
 quantile (`quantile_rewards`), the idea of QRPO (Matrenok et al., arXiv 2507.08068); "exact" is

@@ -177,3 +177,23 @@ def test_online_run_lowers_every_methods_exact_regret_below_the_reference(tmp_pa
         m = metrics["policies"][obj]
         assert m["regret"] < m["ref_regret"], (obj, m["regret"], m["ref_regret"])
         assert m["generations"] == 100 * 16 + (192 if obj == "apo" else 0)  # --quick: 16 per step, 48 prompts × 4
+
+
+def test_under_torchrun_each_prompt_s_group_stays_on_one_rank(tiny):
+    """Two ranks share one step's prompts between them, whole groups each: together they sample
+    exactly the prompts one process would, each with all of its group_size responses."""
+    from rpo_mini.runtime import Dist
+
+    st, base, data = tiny
+    cfg = dataclasses.replace(st.cfg.align, group_size=4)
+
+    def prompt_groups(dist, step=3):
+        a = Alignment("rloo", base, data, cfg, 1e-4, 0.5, 0, st.enc.eot_token, fresh=_fresh(st), dist=dist)
+        _, _, f, _ = a.sample(step)
+        ids = f["prompt_ids"].tolist()
+        return {p: ids.count(p) for p in ids}
+
+    alone = prompt_groups(Dist())
+    ranks = [prompt_groups(Dist(rank=r, world_size=2)) for r in (0, 1)]
+    assert not set(ranks[0]) & set(ranks[1])
+    assert ranks[0] | ranks[1] == alone and set(alone.values()) == {4}
