@@ -384,7 +384,7 @@ class Alignment:
             self._probe(probe, loop.step)
         self.policy.eval()
         # the budget: responses sampled and scored — π_ref's dataset (if it trains or estimates on it), fresh ones
-        fresh = self.prompts_per_step * self.group * cfg.steps if self.fresh else 0
+        fresh = self.prompts_per_step * self.group * loop.step if self.fresh else 0  # the steps taken so far
         self.history["generations"] = {"dataset": 0 if self.fresh and not self.once else len(self.data),
                                        "fresh": fresh}
         return self.history

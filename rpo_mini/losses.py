@@ -529,7 +529,9 @@ def group_advantages(rewards, prompt_ids, kind="rloo", eps=1e-6):
     Why: a baseline that does not depend on y_i leaves the policy gradient E[A ∇log pi] unbiased
     and cuts its variance; leaving y_i out of its own baseline (rloo) keeps it so exactly. Dividing
     by s(x) (grpo) gives a prompt whose samples barely differ as much weight as one whose samples
-    differ a lot, so the update no longer follows E[r] - tau KL: its fixed point is not pi*.
+    differ a lot, so the update is no longer the gradient of E[r] - tau KL: pi* still stops it (there
+    every r - tau rho of a prompt is tau log Z(x), every group is silent), but where a policy with
+    parameters shared across prompts ends, and how it gets there, change.
     """
     if kind not in ADVANTAGES:
         raise ValueError(f"unknown advantage {kind!r}; valid: {', '.join(ADVANTAGES)}")
@@ -550,8 +552,9 @@ def group_advantages(rewards, prompt_ids, kind="rloo", eps=1e-6):
 
 
 def zero_variance_groups(rewards, prompt_ids):
-    """The fraction of prompt groups whose rewards are all equal (within rounding): they carry no
-    signal for any group baseline — the "loss is 0" of GRPO trainers. rewards, prompt_ids (B,)."""
+    """The fraction of prompt groups whose rewards are all equal (within rounding): the reward gives
+    them no signal under any group baseline — the "loss is 0" of GRPO trainers (with the KL inside
+    the reward, r - tau*rho, their different responses still get a KL push). rewards, prompt_ids (B,)."""
     group, counts = _groups(prompt_ids)
     fill = torch.full((len(counts),), -math.inf, dtype=_float(rewards).dtype, device=rewards.device)
     high = fill.scatter_reduce(0, group, _float(rewards), "amax")
@@ -567,8 +570,9 @@ def pg_loss(policy_logps, ref_logps, rewards, prompt_ids, tau, kind="rloo"):
       A   = group_advantages(r - tau * rho, prompt_ids, kind)
       L   = -mean(A * policy_logps)
     Why: for y ~ pi_theta, E[(r - tau rho) ∇log pi] is the gradient of E[r] - tau KL(pi || pi_ref)
-    (the extra -tau E[∇log pi] is zero), so with "rloo" or "dr_grpo" the fixed point is pi*_tau,
-    the same optimum RPO and DRO regress onto; the KL enters as the per-sample estimator rho.
+    (the extra -tau E[∇log pi] is zero), so with "rloo" or "dr_grpo" it ascends that objective,
+    whose optimum pi*_tau is the one RPO and DRO regress onto; the KL enters as the per-sample
+    estimator rho. ("grpo" reweights prompts: see group_advantages.)
     """
     tau = _validate(tau, policy_logps=policy_logps, ref_logps=ref_logps, rewards=rewards, prompt_ids=prompt_ids)
     rho = (policy_logps - ref_logps).detach()

@@ -164,8 +164,8 @@ def test_online_objectives_need_their_sampler(tiny):
 
 def test_online_run_lowers_every_methods_exact_regret_below_the_reference(tmp_path):
     """Arithmetic world, each policy against the optimum at its own τ: RLOO, Dr. GRPO, A*-PO, and
-    RPO and DRO on fresh samples all end closer to π*_τ than π_ref; GRPO (std-scaled, whose fixed
-    point is not π*_τ) is measured, not asserted."""
+    RPO and DRO on fresh samples all end closer to π*_τ than π_ref (GRPO runs as Dr. GRPO here: its
+    std-scaled update is not the objective's gradient, measured in FINDINGS, not asserted)."""
     out = tmp_path / "out"
     cmd = [sys.executable, "train.py", "--quick", "--world", "arithmetic", "--objectives", "rloo,grpo,apo,rpo,dro",
            "--online", "--no-grpo_std", "--lr", "3e-4", "--steps", "100", "--eval_every", "1000", "--threads", "1",
