@@ -81,7 +81,9 @@ def run(cfg: Config, log=None) -> dict:
     # 7. For each seed, align a fresh copy of the base with every objective, then sample every
     #    policy (π_ref too) on the test prompts and score the samples. Under torchrun every
     #    process trains; evaluation and the report are rank 0's job.
+    #    RLOO, GRPO, A*-PO (and RPO, DRO with --online) sample the training prompts afresh every step.
     runs, histories = {}, {}
+    fresh = stages.fresh_sampling(world, tok, cfg.collect)
     for seed in seeds(cfg):
         ref_s = None
         if ctx.dist.is_main:
@@ -94,7 +96,7 @@ def run(cfg: Config, log=None) -> dict:
                                         cfg.collect.max_new_tokens, reward, seed)
         for obj in objectives(cfg):
             policy, history = stages.policy(ctx, obj, seed, base, data, align_cfg, tok, world, probe,
-                                            train_oracle if obj == "rpo" else None)
+                                            train_oracle if obj == "rpo" else None, fresh)
             histories.setdefault(obj, []).append(history)
             if ctx.dist.is_main:
                 s = stages.evaluate(ctx, obj, policy, base.value, seed, world, tok, cfg.eval,
@@ -102,6 +104,7 @@ def run(cfg: Config, log=None) -> dict:
                 runs.setdefault(obj, []).append(summarize(s, world, reward, ref_s)
                                                 | exact_of(policy.value, align_cfg.tau_for(obj))
                                                 | {"seconds": history["seconds"], "checkpoint": policy.path,
+                                                   "generations": sum(history.get("generations", {}).values()),
                                                    "samples": examples(s)})
     if not ctx.dist.is_main:
         return {}

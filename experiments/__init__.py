@@ -14,6 +14,8 @@ plot and tables:
                    partitions against DRO, and each log Ẑ(x) against the enumerated log Z(x)
     gap            the exact world's gap to the optimum split into generalisation, estimation,
                    sampling (K, and the population loss K = ∞) and optimisation, along training
+    online         RLOO, GRPO, Dr. GRPO, A*-PO, online RPO and DRO on fresh samples against
+                   offline RPO and DRO: exact regret against the generations spent
     value          DRO's V(x)/τ over alignment seeds vs the bootstrap spread of RPO's log Ẑ(x),
                    both against the exact log Z(x)
     offpolicy      frontier on data from the world's off-policy generator, with RPO's "ref"
@@ -64,9 +66,10 @@ from .exact_world import EXACT_HETEROGENEITY, EXACT_OFFPOLICY, OPTIMUM, PARTITIO
 from .frontier import FRONTIER, OFFPOLICY
 from .gap import GAP
 from .heterogeneity import HETEROGENEITY
+from .online import ONLINE_EXPERIMENT
 from .paper import PAPER_PRESET
 from .variance import VARIANCE
 
 # Every experiment, in the order `all` runs them.
-EXPERIMENTS = {e.name: e for e in (FRONTIER, OPTIMUM, GAP, PARTITION, VALUE, OFFPOLICY, EXACT_OFFPOLICY, HETEROGENEITY,
+EXPERIMENTS = {e.name: e for e in (FRONTIER, OPTIMUM, GAP, ONLINE_EXPERIMENT, PARTITION, VALUE, OFFPOLICY, EXACT_OFFPOLICY, HETEROGENEITY,
                                    EXACT_HETEROGENEITY, VARIANCE, COST, PAPER_PRESET)}

@@ -333,7 +333,7 @@ def train(job: Job) -> dict:
                                m.reward)
     try:
         policy, history = stages.policy(m.ctx, objective, job.seed, m.base, data, cfg.align, m.tok, m.world,
-                                        oracle=oracle)
+                                        oracle=oracle, fresh=stages.fresh_sampling(m.world, m.tok, cfg.collect))
     except FloatingPointError as e:  # a non-finite loss: alignment refuses to train on
         return {"seed": job.seed, "diverged": True, "error": str(e)}
     n_new = cfg.collect.max_new_tokens

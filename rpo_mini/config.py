@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from .align import DRO_VALUES, KTO_VARIANTS, OBJECTIVES
+from .align import DEFAULT_OBJECTIVES, DRO_VALUES, KTO_VARIANTS, OBJECTIVES
 from .losses import BINARIZE_THRESHOLDS, ESTIMATORS, SFT_MODES
 from .model import GPTConfig
 from .runtime import UserError
@@ -59,9 +59,21 @@ class AlignConfig:
     kto_lr: float = _f(3e-4, "KTO learning rate")
     dro_lr: float = _f(1e-4, "DRO learning rate (policy and value network)")
     rpo_lr: float = _f(3e-5, "RPO learning rate")
-    tau: float | None = _f(None, "τ for RPO and DRO (default: each one's own, below)", type=float)
+    rloo_lr: float = _f(1e-4, "RLOO learning rate")
+    grpo_lr: float = _f(1e-4, "GRPO learning rate")
+    apo_lr: float = _f(1e-4, "A*-PO learning rate")
+    tau: float | None = _f(None, "τ for every objective that has one (default: each one's own, below)", type=float)
     rpo_tau: float = _f(0.3, "RPO's KL strength τ")
     dro_tau: float = _f(0.3, "DRO's KL strength τ")
+    rloo_tau: float = _f(0.3, "RLOO's KL strength τ (the reward it maximises is r − τ·log π/π_ref)")
+    grpo_tau: float = _f(0.3, "GRPO's KL strength τ (the reward it maximises is r − τ·log π/π_ref)")
+    apo_tau: float = _f(0.3, "A*-PO's β₂: the KL strength τ of its regression")
+    apo_beta1: float = _f(0.3, "A*-PO's β₁: V̂*(x) = β₁·log mean exp(r/β₁) over π_ref's samples (β₁ = β₂: RPO's target)")
+    grpo_std: bool = _f(True, "GRPO divides each group's advantages by the group's std (off: Dr. GRPO)")
+    online: bool = _f(False, "RPO and DRO train on fresh samples of the current policy every step instead of π_ref's "
+                             "dataset (online RPO: log Ẑ(x) from each step's group)")
+    group_size: int = _f(4, "fresh samples per prompt each step (RLOO, GRPO, --online RPO and DRO; A*-PO samples "
+                            "one): batch_size / group_size prompts per step")
     estimator: str = _f("mean", "RPO partition estimator", choices=ESTIMATORS)
     beta: float = _f(0.3, "KTO's β")
     kto_variant: str = _f("halos", "KTO reference point: halos (mismatched pairs, clamped) or paper (matched batch)",
@@ -101,7 +113,8 @@ class EvalConfig:
 
 @dataclass
 class RunConfig:
-    objectives: str = _f(",".join(OBJECTIVES), "comma-separated objectives to train")
+    objectives: str = _f(",".join(DEFAULT_OBJECTIVES), f"comma-separated objectives to train, of "
+                                                       f"{', '.join(OBJECTIVES)}")
     seeds: str = _f("0", "comma-separated alignment seeds; several → mean ± interval across seeds")
     seed: int = _f(0, "seed of the world, pretraining and collection")
     device: str = _f("auto", "auto (cuda → mps → cpu), cpu, cuda, cuda:N, mps")
@@ -137,11 +150,13 @@ RENAMED = {("world", "name"): "world", ("world", "seed"): None, ("model", "vocab
 # are at most 3 digits + end-of-text; 1200 pretraining steps bring the base model to the corpus's
 # own accuracy (~76% correct on test prompts, CPU, seed 0) where 600 leave it at ~36%: a reference
 # that has learned the corpus, slips and all, is the one alignment should improve. The alignment
-# settings are what `python train.py --world arithmetic --sweep` chose (results/sweep_arithmetic_cpu.md).
+# settings are what `python train.py --world arithmetic --sweep` chose (results/sweep_arithmetic_cpu.md);
+# the online family's τ (and A*-PO's β₁) are RPO's, so that every objective shares one optimum π*_τ.
 WORLD_DEFAULTS = {"arithmetic": {
     "pretrain": {"pretrain_steps": 1200},
     "collect": {"max_new_tokens": 4},
-    "align": {"sft_lr": 3e-4, "kto_lr": 3e-5, "dro_lr": 1e-4, "dro_tau": 1.0, "rpo_lr": 1e-4, "rpo_tau": 1.0}}}
+    "align": {"sft_lr": 3e-4, "kto_lr": 3e-5, "dro_lr": 1e-4, "dro_tau": 1.0, "rpo_lr": 1e-4, "rpo_tau": 1.0,
+              "rloo_tau": 1.0, "grpo_tau": 1.0, "apo_tau": 1.0, "apo_beta1": 1.0}}}
 
 QUICK = {"world": {"corpus_size": 4000},
          "model": {"n_layer": 2, "n_embd": 64, "n_head": 2},
@@ -250,8 +265,10 @@ CHECKS = {
     ("collect", "k"): at_least(1), ("collect", "n_prompts"): at_least(0), ("collect", "temperature"): _POSITIVE,
     ("collect", "top_k"): at_least(0), ("collect", "max_new_tokens"): at_least(1),
     ("align", "steps"): at_least(1), ("align", "batch_size"): at_least(2),
-    **{("align", name): _POSITIVE for name in ("lr", "sft_lr", "kto_lr", "dro_lr", "rpo_lr", "tau", "rpo_tau",
-                                               "dro_tau", "beta")},
+    ("align", "group_size"): at_least(2),  # a group baseline needs the other samples of the prompt
+    **{("align", name): _POSITIVE for name in ("lr", "tau", "beta", "apo_beta1",
+                                               *(f"{o}_{k}" for o in OBJECTIVES for k in ("lr", "tau")
+                                                 if k == "lr" or OBJECTIVES[o].uses_tau))},
     ("align", "warmup"): at_least(0), ("align", "grad_clip"): _NONNEGATIVE,
     ("align", "eval_every"): at_least(1), ("align", "checkpoint_every"): at_least(1),
     ("eval", "eval_prompts"): at_least(0), ("eval", "eval_samples"): at_least(1),
@@ -294,7 +311,10 @@ def validate(cfg: Config) -> None:
         if a.length_normalize:
             raise UserError("--estimator iw weights whole responses by π_ref/μ: it needs summed log-probs, "
                             "not --length_normalize")
-    if cfg.collect.k == 1 and "rpo" in objs:
+    if a.online and a.estimator in ("iw", "exact") and "rpo" in objs:
+        raise UserError(f"--online --estimator {a.estimator}: online RPO estimates log Ẑ(x) from each step's "
+                        "fresh group; use --estimator mean or loo (or ref, uniform)")
+    if cfg.collect.k == 1 and "rpo" in objs and not a.online:
         # Refused rather than warned: with one response per prompt log Ẑ = r/τ, every RPO target
         # is exactly 0 and RPO would train on no signal at all.
         raise UserError("--k 1 gives every prompt a lone response, so every RPO target is 0 "

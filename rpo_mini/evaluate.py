@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .sampling import response_logprobs, sample_responses
+from .sampling import response_logprobs, rollout
 
 
 MIN_FLUENCY = 0.9  # a setting chosen on validation must still speak the world's language
@@ -68,17 +68,11 @@ def distinct_n(texts: list[str], n: int) -> float:
 def sample_and_score(policy, ref, enc, world, prompts: list[str], n: int, max_new_tokens: int, seed: int,
                      autocast=contextlib.nullcontext) -> dict:
     """n samples per prompt from `policy`; their scores, fluency and log-ratio to `ref`."""
-    eot = enc.eot_token
-    prompt_toks = [enc.encode_ordinary(p) for p in prompts for _ in range(n)]
     g = torch.Generator(device=next(policy.parameters()).device).manual_seed(seed)
-    responses, logps = sample_responses(policy, prompt_toks, eot, max_new_tokens, g, autocast=autocast)
-    ref_logps = response_logprobs(ref, prompt_toks, responses, eot, autocast=autocast).tolist()
-    texts = [enc.decode([t for t in r if t != eot]) for r in responses]
-    owners = [p for p in prompts for _ in range(n)]
-    return {"prompts": owners, "texts": texts,
-            "scores": [world.score(p, t) for p, t in zip(owners, texts)],
-            "fluent": [bool(t) and world.is_fluent(p, t) for p, t in zip(owners, texts)],
-            "log_ratio": [a - b for a, b in zip(logps, ref_logps)], "n": n}
+    r = rollout(policy, enc, world, prompts, n, max_new_tokens, g, autocast=autocast)
+    ref_logps = response_logprobs(ref, r.prompt_tokens, r.response_tokens, enc.eot_token, autocast=autocast).tolist()
+    return {"prompts": r.prompts, "texts": r.texts, "scores": r.scores, "fluent": r.fluent,
+            "log_ratio": [a - b for a, b in zip(r.logps, ref_logps)], "n": n}
 
 
 def summarize(s: dict, world, reward: str, baseline: dict | None = None) -> dict:

@@ -1,6 +1,6 @@
-"""The four alignment objectives of rpo_mini, as pure functions over per-sequence tensors.
+"""The alignment objectives of rpo_mini, as pure functions over per-sequence tensors.
 
-All four start from KL-regularised reward maximisation,
+All of them start from KL-regularised reward maximisation,
 
     max_pi  E_x [ E_{y~pi} r(x,y)  -  tau * KL(pi(.|x) || pi_ref(.|x)) ],
 
@@ -24,6 +24,13 @@ they do about the unknown shift V*(x):
 - KTO  (Kahneman-Tversky Optimization, Ethayarajh et al., arXiv 2402.01306): binarise the
   reward and push rho up or down relative to a batch reference point z0.
 - SFT: imitate the good responses (negative log-likelihood).
+
+The online family does the same on fresh samples of the policy being trained, the shift taken
+from each step's group of K samples of a prompt (`group_advantages`): RLOO (the others' mean),
+GRPO (the group's mean and std), Dr. GRPO (its mean), each as a policy gradient on the reward
+r - tau*rho (`pg_loss`); A*-PO (Brantley et al., arXiv 2505.20686) estimates V*(x) once from
+pi_ref's samples (`apo_values`) and regresses on one fresh sample per prompt (`apo_loss`); online
+RPO and DRO are `rpo_loss` and `dro_loss` on fresh groups.
 
 `log_partition(..., estimator="uniform")` is exact for rewards replaced by their within-prompt
 quantile (`quantile_rewards`), the idea of QRPO (Matrenok et al., arXiv 2507.08068); "exact" is
@@ -499,3 +506,108 @@ def sft_loss(policy_logps, num_tokens=None):
             raise ValueError(f"num_tokens must sum to a positive count, got {float(total)}")
         loss = -policy_logps.sum() / total
     return loss, {"loss": float(loss.detach()), "logp": float(policy_logps.detach().mean())}
+
+
+# ---------------------------------------------------------------------------------------
+# the online family: fresh samples of the policy being trained, a baseline per prompt group
+# ---------------------------------------------------------------------------------------
+
+ADVANTAGES = ("rloo", "grpo", "dr_grpo")
+
+
+def group_advantages(rewards, prompt_ids, kind="rloo", eps=1e-6):
+    """A_i = r_i - b(x_i): each sample's reward against a baseline from its own prompt's group.
+
+    rewards (B,), prompt_ids (B,) integer; groups of any sizes, in any order. Returns (B,) float.
+    With K = |I_x| samples y_j ~ pi_theta of prompt x and m(x) their mean reward:
+      "rloo":    A_i = r_i - (1/(K-1)) sum_{j in I_x, j != i} r_j = K/(K-1) (r_i - m(x))
+                 (Ahmadian et al., arXiv 2402.14740)
+      "grpo":    A_i = (r_i - m(x)) / (s(x) + eps), s the Bessel-corrected std of the group
+                 (Shao et al., arXiv 2402.03300)
+      "dr_grpo": A_i = r_i - m(x)  (Liu et al., arXiv 2503.20783: GRPO without the std)
+    A group whose rewards are all equal gets A = 0 for every kind: no signal, whatever its size.
+    Why: a baseline that does not depend on y_i leaves the policy gradient E[A ∇log pi] unbiased
+    and cuts its variance; leaving y_i out of its own baseline (rloo) keeps it so exactly. Dividing
+    by s(x) (grpo) gives a prompt whose samples barely differ as much weight as one whose samples
+    differ a lot, so the update is no longer the gradient of E[r] - tau KL: pi* still stops it (there
+    every r - tau rho of a prompt is tau log Z(x), every group is silent), but where a policy with
+    parameters shared across prompts ends, and how it gets there, change.
+    """
+    if kind not in ADVANTAGES:
+        raise ValueError(f"unknown advantage {kind!r}; valid: {', '.join(ADVANTAGES)}")
+    _validate(rewards=rewards, prompt_ids=prompt_ids)
+    rewards = _float(rewards)
+    group, counts = _groups(prompt_ids)
+    if (counts == 1).any():
+        raise ValueError(f"group advantages need at least two samples per prompt; {int((counts == 1).sum())} "
+                         f"prompt(s) have one (sample two or more responses per prompt)")
+    centred = rewards - _group_mean(rewards, group, counts)[group]
+    k = counts[group].to(rewards.dtype)
+    if kind == "rloo":
+        return centred * k / (k - 1)
+    if kind == "dr_grpo":
+        return centred
+    std = torch.sqrt(_group_mean(centred ** 2, group, counts)[group] * k / (k - 1))
+    return centred / (std + eps)
+
+
+def zero_variance_groups(rewards, prompt_ids):
+    """The fraction of prompt groups whose rewards are all equal (within rounding): the reward gives
+    them no signal under any group baseline — the "loss is 0" of GRPO trainers (with the KL inside
+    the reward, r - tau*rho, their different responses still get a KL push). rewards, prompt_ids (B,)."""
+    group, counts = _groups(prompt_ids)
+    fill = torch.full((len(counts),), -math.inf, dtype=_float(rewards).dtype, device=rewards.device)
+    high = fill.scatter_reduce(0, group, _float(rewards), "amax")
+    low = (-fill).scatter_reduce(0, group, _float(rewards), "amin")
+    return float(_near(high, low).float().mean())
+
+
+def pg_loss(policy_logps, ref_logps, rewards, prompt_ids, tau, kind="rloo"):
+    """Policy gradient on the KL-regularised reward, with a group baseline (RLOO, GRPO, Dr. GRPO).
+
+    All inputs (B,), from samples y ~ pi_theta of the policy being trained (strictly on-policy).
+      rho = policy_logps - ref_logps                      (detached: a per-sample reward term)
+      A   = group_advantages(r - tau * rho, prompt_ids, kind)
+      L   = -mean(A * policy_logps)
+    Why: for y ~ pi_theta, E[(r - tau rho) ∇log pi] is the gradient of E[r] - tau KL(pi || pi_ref)
+    (the extra -tau E[∇log pi] is zero), so with "rloo" or "dr_grpo" it ascends that objective,
+    whose optimum pi*_tau is the one RPO and DRO regress onto; the KL enters as the per-sample
+    estimator rho. ("grpo" reweights prompts: see group_advantages.)
+    """
+    tau = _validate(tau, policy_logps=policy_logps, ref_logps=ref_logps, rewards=rewards, prompt_ids=prompt_ids)
+    rho = (policy_logps - ref_logps).detach()
+    shaped = _float(rewards) - tau * rho
+    adv = group_advantages(shaped, prompt_ids, kind)
+    loss = -(adv * policy_logps).mean()
+    metrics = {"loss": float(loss.detach()), "adv_std": float(adv.std()) if len(adv) > 1 else 0.0}
+    metrics.update(_means(log_ratio=rho, adv=adv, shaped_reward=shaped))
+    return loss, metrics
+
+
+def apo_values(rewards, prompt_ids, beta1):
+    """A*-PO's optimal-value estimate (Brantley et al., arXiv 2505.20686) for every sample's prompt.
+
+    rewards (N,) of N samples y ~ pi_ref per prompt, prompt_ids (N,). Returns (N,) float:
+      V_hat*(x) = beta1 * log (1/N) sum_{j in I_x} exp(r_j / beta1)  =  beta1 * log Z_hat(x)
+    Why: it is RPO's "mean" partition, in reward units; A*-PO estimates it once, offline, then
+    trains on fresh samples (with beta1 = beta2 = tau its target is RPO's).
+    """
+    beta1 = _validate(beta1, rewards=rewards, prompt_ids=prompt_ids)
+    return beta1 * log_partition(rewards, prompt_ids, beta1, "mean")
+
+
+def apo_loss(policy_logps, ref_logps, rewards, values, beta2):
+    """A*-PO's loss (arXiv 2505.20686) on fresh samples y ~ pi_theta, one per prompt.
+
+    All inputs (B,); values = V_hat*(x) from apo_values, fixed during training.
+      L = mean((beta2 * rho - (r - V_hat*(x)))^2),   rho = policy_logps - ref_logps
+    Why: the residual is zero exactly at pi* of beta2 when V_hat* is exact; with beta1 = beta2 = tau
+    it is tau^2 (rho - (r/tau - log Z_hat))^2 — 2 tau^2 times RPO's loss, on the policy's own samples.
+    """
+    beta2 = _validate(beta2, policy_logps=policy_logps, ref_logps=ref_logps, rewards=rewards, values=values)
+    rho = policy_logps - ref_logps
+    residual = beta2 * rho - (_float(rewards) - values)
+    loss = (residual ** 2).mean()
+    metrics = {"loss": float(loss.detach())}
+    metrics.update(_means(residual=residual, log_ratio=rho, value=values))
+    return loss, metrics

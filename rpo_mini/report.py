@@ -84,6 +84,40 @@ def plot_training(histories: dict, path: str) -> None:
     fig.savefig(path, dpi=100)
 
 
+ONLINE_PANELS = (("reward", "reward of the fresh samples", "mean raw reward"),
+                 ("log_ratio", "KL estimate of the fresh samples", "mean log π/π_ref (nats)"),
+                 ("zero_variance_groups", "groups whose rewards are all equal", "fraction of prompts"),
+                 ("adv_std", "advantage spread (RLOO, GRPO)", "std of A"),
+                 ("entropy", "entropy estimate", "−mean log π(y|x) (nats)"))
+
+
+def plot_online(histories: dict, path: str) -> bool:
+    """What users of online trainers ask about, per step, against the generations spent: the fresh
+    samples' reward, their KL estimate, the share of zero-variance groups, the advantages' spread
+    and the entropy. False (nothing drawn) when no objective trained on fresh samples."""
+    online = {o: runs for o, runs in histories.items() if runs and runs[0]["train"]
+              and "generations" in runs[0]["train"][0]}
+    if not online:
+        return False
+    fig = Figure(figsize=(18, 3.8))
+    axes = fig.subplots(1, len(ONLINE_PANELS))
+    for obj, runs in online.items():
+        for i, h in enumerate(runs):
+            spent = [sum(r["generations"] for r in h["train"][:j + 1]) for j in range(len(h["train"]))]
+            kw = {"color": COLORS.get(obj), "alpha": 0.8, "label": obj if i == 0 else None}
+            for ax, (key, _, _) in zip(axes, ONLINE_PANELS):
+                if key in h["train"][0]:
+                    ax.plot(spent, [r[key] for r in h["train"]], **kw)
+    for ax, (_, title, ylabel) in zip(axes, ONLINE_PANELS):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("generations spent in training")
+        ax.set_ylabel(ylabel)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return True
+
+
 def plot_reward_kl(metrics: dict, histories: dict, path: str, sweep: dict | None = None) -> None:
     """Reward against KL(π‖π_ref): each objective's path through training (validation probes),
     its final test point with 95% intervals, and its sweep curve over τ/β when one was run."""
@@ -170,6 +204,8 @@ def write_all(out: str, metrics: dict, histories: dict, data, world, reward: str
     plot_training(histories, os.path.join(out, plots["training"]))
     plot_reward_kl(metrics, histories, os.path.join(out, plots["reward_kl"]), sweep and sweep["points"])
     plot_reward_distributions(data, os.path.join(out, plots["rewards"]))
+    if plot_online(histories, os.path.join(out, "plots/online.png")):
+        plots["online"] = "plots/online.png"
     if "exact" in metrics:
         plots["exact_frontier"] = "plots/exact_frontier.png"
         plot_exact_frontier(metrics, os.path.join(out, plots["exact_frontier"]))

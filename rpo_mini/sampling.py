@@ -1,10 +1,13 @@
-"""The model in the loop: batched sampling of responses, and teacher-forced response log-probs.
+"""The model in the loop: rollouts (K scored responses per prompt from a given policy), batched
+sampling, and teacher-forced response log-probs.
 
-Collection, alignment and evaluation all need these two; they live here so that none of those
-stages imports another.
+Collection (π_ref's rollout, saved), online alignment (the current policy's, every step) and
+evaluation (each policy's, on held-out prompts) all sample and score through `rollout`; it lives
+here so that none of those stages imports another.
 """
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 
@@ -46,3 +49,38 @@ def response_logprobs(model, prompts: list, responses: list, eot: int, length_no
             logits = model(tokens)
         out.append(sequence_logprobs(logits, tokens, mask, length_normalize, model.grammar).float().cpu())
     return torch.cat(out)
+
+
+@dataclass
+class Rollout:
+    """Scored samples: `k` consecutive ones per prompt, in the order of the prompts given."""
+    prompt_ids: list       # (N,) which of the prompts each sample answers (0..P-1)
+    prompts: list          # N prompt strings (the prompt of each sample)
+    prompt_tokens: list    # N token lists
+    response_tokens: list  # N token lists, end-of-text last unless cut at max_new_tokens
+    texts: list            # N decoded responses
+    scores: list           # N dicts: every reward of the world
+    fluent: list           # N booleans: non-empty and in the world's language
+    logps: list            # N summed log-probs under the sampling distribution
+    k: int
+
+
+def score(enc, world, prompts: list, responses: list) -> tuple[list, list, list]:
+    """Decode each response (end-of-text dropped) and score it: (texts, scores, fluent)."""
+    texts = [enc.decode([t for t in r if t != enc.eot_token]) for r in responses]
+    scores = [world.score(p, t) for p, t in zip(prompts, texts)]
+    fluent = [bool(t) and world.is_fluent(p, t) for p, t in zip(prompts, texts)]
+    return texts, scores, fluent
+
+
+def rollout(model, enc, world, prompts: list, k: int, max_new_tokens: int, generator, temperature=1.0,
+            top_k=0, autocast=contextlib.nullcontext) -> Rollout:
+    """k responses per prompt from `model` (KV-cached, batched across prompts, within the world's
+    response grammar when the model has one), decoded and scored."""
+    prompt_ids = [i for i in range(len(prompts)) for _ in range(k)]
+    owners = [prompts[i] for i in prompt_ids]
+    prompt_toks = [enc.encode_ordinary(p) for p in owners]
+    responses, logps = sample_responses(model, prompt_toks, enc.eot_token, max_new_tokens, generator,
+                                        temperature, top_k, autocast=autocast)
+    texts, scores, fluent = score(enc, world, owners, responses)
+    return Rollout(prompt_ids, owners, prompt_toks, responses, texts, scores, fluent, logps, k)

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint, exact, files, runtime
-from .align import OBJECTIVES, TRAINING_SETTINGS, align
+from .align import OBJECTIVES, Fresh, align
 from .collect import collect
 from .config import AlignConfig, stage_key, to_dict
 from .data import DatasetError, read_jsonl, write_jsonl
@@ -275,11 +275,20 @@ def dataset(ctx: Context, world, tok: Artifact, base: Artifact, cfg, seed: int) 
 
 # --- aligned policies ----------------------------------------------------------------------------
 
-def policy_key(data: Artifact, objective: str, seed: int, cfg: AlignConfig) -> str:
+def policy_key(data: Artifact, objective: str, seed: int, cfg: AlignConfig, fresh: Fresh | None = None) -> str:
     """Keyed by what the objective's training reads: the settings every objective trains with, its
-    own, and its *effective* learning rate and τ, however they were set (flag, preset, sweep)."""
-    read = {k: getattr(cfg, k) for k in TRAINING_SETTINGS + OBJECTIVES[objective].settings}
-    return stage_key(data.key, objective, seed, read, cfg.lr_for(objective), cfg.tau_for(objective))
+    own, and its *effective* learning rate and τ, however they were set (flag, preset, sweep); on
+    fresh samples also the reward they are scored with and the longest response sampled."""
+    o = OBJECTIVES[objective]
+    read = {k: getattr(cfg, k) for k in o.reads(cfg)}
+    sampled = [fresh.reward, fresh.max_new_tokens] if o.trains_fresh(cfg) and fresh else None
+    return stage_key(data.key, objective, seed, read, cfg.lr_for(objective), cfg.tau_for(objective),
+                     *([sampled] if sampled else []))
+
+
+def fresh_sampling(world, tok: Artifact, collect_cfg) -> Fresh:
+    """Fresh samples are scored like the dataset's: the same reward, the same longest response."""
+    return Fresh(world, tok.value, collect_cfg.reward or world.default_reward, collect_cfg.max_new_tokens)
 
 
 def validation_probe(ctx: Context, world, tok: Artifact, ref: GPT, prompts: list[str], max_new_tokens: int,
@@ -294,13 +303,14 @@ def validation_probe(ctx: Context, world, tok: Artifact, ref: GPT, prompts: list
 
 
 def policy(ctx: Context, objective: str, seed: int, base: Artifact, data: Artifact, cfg: AlignConfig,
-           tok: Artifact, world, probe=None, oracle=None) -> tuple[Artifact, dict]:
+           tok: Artifact, world, probe=None, oracle=None, fresh: Fresh | None = None) -> tuple[Artifact, dict]:
     """The aligned policy for one objective and seed, trained or loaded; and its training history.
 
     A variant of the data (e.g. one prompt group for all samples) is a different `data`
     artifact with a key of its own, so its policies are cached apart. `oracle` (`stages.oracle` on
-    the dataset's prompts) gives RPO's "exact" estimator the enumerated log Z(x)."""
-    key = policy_key(data, objective, seed, cfg)
+    the dataset's prompts) gives RPO's "exact" estimator the enumerated log Z(x). `fresh`
+    (`fresh_sampling`): how the objectives that train on fresh samples sample and score them."""
+    key = policy_key(data, objective, seed, cfg, fresh)
     path = ctx.path("checkpoints", f"{objective}-s{seed}-{key}.pt")
     hist_path, value_path = path.replace(".pt", ".json"), path.replace(".pt", ".value.pt")
     paths = [path, hist_path] + ([value_path] if OBJECTIVES[objective].value_network else [])
@@ -312,7 +322,7 @@ def policy(ctx: Context, objective: str, seed: int, base: Artifact, data: Artifa
         model, value, history = align(
             objective, base.value, data.value, cfg, cfg.lr_for(objective), cfg.tau_for(objective), seed,
             tok.value.eot_token, ctx.autocast, state_path=path + ".state", resume=ctx.resume, probe=probe,
-            log=ctx.log, wrap=ctx.wrap, dist=ctx.dist, oracle=oracle)
+            log=ctx.log, wrap=ctx.wrap, dist=ctx.dist, oracle=oracle, fresh=fresh)
         history["seconds"] = time.perf_counter() - t0
         if ctx.dist.is_main:
             if value is not None:

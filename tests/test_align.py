@@ -13,7 +13,7 @@ import statistics
 import pytest
 import torch
 
-from rpo_mini.align import OBJECTIVES, Alignment
+from rpo_mini.align import OBJECTIVES, Alignment, Fresh
 
 IDX = torch.tensor([0, 1, 5, 9, 13, 14, 30])  # several prompts, several samples of some
 
@@ -245,8 +245,9 @@ def test_every_objective_in_the_registry_trains_and_the_loop_gets_the_configured
     st, base, data = tiny
     cfg = dataclasses.replace(st.cfg.align, steps=3, warmup=1, grad_clip=0.5, checkpoint_every=7)
     for name, obj in OBJECTIVES.items():
+        fresh = Fresh(st.world, st.enc, st.world.default_reward, st.cfg.collect.max_new_tokens)
         a = Alignment(name, base, data, cfg, lr=3e-4, tau=1.0 if obj.uses_tau else None, seed=0,
-                      eot=st.enc.eot_token)
+                      eot=st.enc.eot_token, fresh=fresh)
         assert (a.value is not None) == obj.value_network
         history = a.train(log=lambda *x: None)
         assert [h["step"] for h in history["train"]] == [1, 2, 3]

@@ -20,7 +20,7 @@ def outcomes(*flags):
 
 
 def test_every_exercise_has_a_stub_tests_and_a_solution():
-    assert len(EXERCISES) == 10, EXERCISES
+    assert len(EXERCISES) == 13, EXERCISES
     for ex in EXERCISES:
         for path in (f"{ex}.py", f"test_{ex}.py", f"solutions/{ex}.py"):
             assert os.path.exists(os.path.join(ROOT, "exercises", path)), path

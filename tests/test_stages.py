@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rpo_mini import report, stages
-from rpo_mini.align import OBJECTIVES, align
+from rpo_mini.align import OBJECTIVES, Fresh, align
 from rpo_mini.config import PAPER, QUICK, AlignConfig, Config, parse_config
 from rpo_mini.files import atomic_open, write_json
 from rpo_mini.stages import Artifact
@@ -50,7 +50,8 @@ def _stage_keys(cfg: Config) -> dict:
             "base model": stages.base_key(up, cfg.model, cfg.pretrain, cfg.run.seed, torch.float32),
             "dataset": stages.dataset_key(up, cfg.collect),
             "evaluation": stages.evaluation_key(up, cfg.eval, 0, ["a prompt"], cfg.collect.max_new_tokens)}
-    return keys | {f"policy {o}": stages.policy_key(Artifact(None, up, ""), o, 0, cfg.align) for o in OBJECTIVES}
+    fresh = Fresh(None, None, cfg.collect.reward, cfg.collect.max_new_tokens)
+    return keys | {f"policy {o}": stages.policy_key(Artifact(None, up, ""), o, 0, cfg.align, fresh) for o in OBJECTIVES}
 
 
 def _expected_reads(stage: str) -> set:
@@ -58,12 +59,14 @@ def _expected_reads(stage: str) -> set:
     every = lambda section: {(section, f.name) for f in dataclasses.fields(getattr(Config(), section))}  # noqa: E731
     if stage.startswith("policy"):
         o = OBJECTIVES[stage.split()[1]]
-        own = {"sft": {"sft_mode"}, "kto": {"beta", "kto_variant", "kto_threshold"}, "dro": {"dro_value"},
-               "rpo": {"estimator"}}[o.name]
+        own = {"sft": {"sft_mode"}, "kto": {"beta", "kto_variant", "kto_threshold"}, "dro": {"dro_value", "online"},
+               "rpo": {"estimator", "online"}, "rloo": {"group_size"}, "grpo": {"group_size", "grpo_std"},
+               "apo": {"apo_beta1"}}[o.name]
         rates = {"lr", f"{o.name}_lr"} | ({"tau", f"{o.name}_tau"} if o.uses_tau else set())
         common = {"steps", "batch_size", "warmup", "grad_clip", "clip_separately", "length_normalize",
                   "rewards_zscore", "eval_every"}
-        return {("align", f) for f in common | own | rates}
+        scored = {("collect", "reward"), ("collect", "max_new_tokens")} if o.fresh == "always" else set()
+        return {("align", f) for f in common | own | rates} | scored
     return {"tokenizer": every("world") | every("tokenizer"),
             "base model": every("model") | every("pretrain") | {("run", "seed")},
             "dataset": every("collect"),
@@ -113,18 +116,19 @@ def _recording(obj, seen: set):
     return copy
 
 
-@pytest.mark.parametrize("objective", list(OBJECTIVES))
-def test_training_reads_exactly_the_settings_its_policy_key_covers(tiny, objective):
+@pytest.mark.parametrize("objective,online", [(o, False) for o in OBJECTIVES] + [("rpo", True), ("dro", True)])
+def test_training_reads_exactly_the_settings_its_policy_key_covers(tiny, objective, online):
     """Measured, not declared: every AlignConfig field an objective's training touches is one its
     key covers (checkpoint_every aside: it only says when the state is saved)."""
     st, base, data = tiny
     seen = set()
-    cfg = _recording(dataclasses.replace(st.cfg.align, steps=2), seen)
+    cfg = _recording(dataclasses.replace(st.cfg.align, steps=2, online=online), seen)
     align(objective, base, data, cfg, 1e-4, 0.3 if OBJECTIVES[objective].uses_tau else None, 0, st.enc.eot_token,
-          probe=lambda policy: {})
-    covered = {f for s, f in _expected_reads(f"policy {objective}")} - {"lr", "tau", f"{objective}_lr",
-                                                                         f"{objective}_tau"}
+          probe=lambda policy: {}, fresh=Fresh(st.world, st.enc, st.world.default_reward, 8))
+    covered = {f for s, f in _expected_reads(f"policy {objective}") if s == "align"}
+    covered = covered - {"lr", "tau", f"{objective}_lr", f"{objective}_tau"} | ({"group_size"} if online else set())
     assert seen - {"checkpoint_every"} == covered
+    assert set(OBJECTIVES[objective].reads(cfg)) == covered
 
 
 def test_the_sweep_sets_each_objective_s_own_learning_rate_and_knob():
