@@ -20,7 +20,7 @@ COLUMNS = [("reward", "reward"), ("gold", "gold"), ("win_rate", "win vs ref"), (
            # an exact world's sums over every response (rpo_mini/exact.py)
            ("exact_reward", "exact r"), ("exact_kl", "exact KL"), ("own_tau", "τ raw"),
            ("kl_to_own_optimum", "KL to π*"), ("regret", "regret"), ("ref_regret", "ref regret"),
-           ("seconds", "time s")]
+           ("seconds", "time s"), ("generations", "generated")]  # responses sampled and scored
 
 
 def aggregate(runs: dict) -> dict:
@@ -56,6 +56,8 @@ def table(metrics: dict) -> str:
                 cells.append(f"{v:>+9.3f} ±{row.get('reward_ci', float('nan')):5.3f}")
             elif k == "seconds":
                 cells.append(f"{v:>11.1f}")
+            elif k == "generations":
+                cells.append(f"{v:>11,.0f}")
             else:
                 cells.append(f"{v:>11.3f}")
         lines.append(f"{name:<10}" + "".join(cells))

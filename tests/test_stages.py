@@ -141,8 +141,10 @@ def test_the_sweep_sets_each_objective_s_own_learning_rate_and_knob():
 
 
 def test_report_aggregates_over_seeds_by_hand():
-    runs = {"rpo": [{"reward": 1.0, "reward_ci": 0.5, "seconds": 2.0, "checkpoint": "a.pt", "samples": [["x", "y"]]},
-                    {"reward": 2.0, "reward_ci": 0.4, "seconds": 4.0, "checkpoint": "b.pt", "samples": []}],
+    runs = {"rpo": [{"reward": 1.0, "reward_ci": 0.5, "seconds": 2.0, "checkpoint": "a.pt", "samples": [["x", "y"]],
+                     "generations": 1600},
+                    {"reward": 2.0, "reward_ci": 0.4, "seconds": 4.0, "checkpoint": "b.pt", "samples": [],
+                     "generations": 1600}],
             "reference": [{"reward": 0.3, "reward_ci": 0.2, "samples": []}]}
     p = report.aggregate(runs)["policies"]
     assert p["rpo"]["reward"] == 1.5 and p["rpo"]["reward_ci"] == pytest.approx(12.706 * math.sqrt(0.5) / math.sqrt(2))
@@ -151,6 +153,7 @@ def test_report_aggregates_over_seeds_by_hand():
     assert (p["reference"]["reward"], p["reference"]["reward_ci"]) == (0.3, 0.2)  # one seed: its own interval
     text = report.table({"policies": p})
     assert "+1.500 ±6.353" in text and "reference" in text.splitlines()[3]
+    assert text.splitlines()[0].split()[-1] == "generated" and text.splitlines()[2].split()[-1] == "1,600"
 
 
 def test_json_is_strict_and_writes_are_atomic(tmp_path):
