@@ -2,6 +2,7 @@
 fresh samples of the current policy (sampled, counted, and closer to the exact optimum)."""
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -197,3 +198,61 @@ def test_under_torchrun_each_prompt_s_group_stays_on_one_rank(tiny):
     ranks = [prompt_groups(Dist(rank=r, world_size=2)) for r in (0, 1)]
     assert not set(ranks[0]) & set(ranks[1])
     assert ranks[0] | ranks[1] == alone and set(alone.values()) == {4}
+
+
+def _gloo_rank(rank: int, out: str, results):
+    """One of two CPU processes in a gloo process group: two online RLOO steps, DDP-wrapped."""
+    import traceback
+
+    try:
+        _gloo_steps(rank, out, results)
+    except Exception:
+        results.put((rank, traceback.format_exc(), None))
+
+
+def _gloo_steps(rank: int, out: str, results):
+    import torch.distributed as tdist
+
+    from rpo_mini import stages
+    from rpo_mini.runtime import Dist
+    from tests.conftest import tiny_config
+
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", rank=rank, world_size=2, init_method=f"file://{out}/pg")
+    cfg = tiny_config(out)
+    m = stages.materials(cfg)  # built once by the parent: every process reads the cache
+    acfg = dataclasses.replace(cfg.align, steps=2, warmup=0, group_size=4)
+    dist = Dist(rank, 2)
+    a = Alignment("rloo", m.base.value, m.data.value, acfg, 1e-3, 0.5, 0, m.tok.value.eot_token,
+                  fresh=stages.fresh_sampling(m.world, m.tok, cfg.collect), dist=dist,
+                  wrap=lambda module: torch.nn.parallel.DistributedDataParallel(module))
+    ids = a.sample(0)[2]["prompt_ids"].tolist()
+    a.train(log=lambda *x: None)
+    flat = torch.cat([p.detach().flatten() for p in a.policy.parameters()])
+    results.put((rank, ids, hashlib.sha256(flat.numpy().tobytes()).hexdigest()))  # plain values: the child exits
+    tdist.destroy_process_group()
+
+
+def test_two_gloo_processes_sample_disjoint_whole_groups_and_keep_one_policy(tmp_path):
+    """torchrun's setting on the CPU: each rank samples its own prompts, whole groups of 4, and DDP
+    keeps the two ranks' policies identical after the updates."""
+    import torch.multiprocessing as mp
+
+    from rpo_mini import stages
+    from tests.conftest import tiny_config
+
+    stages.materials(tiny_config(tmp_path))  # world, tokenizer, base and dataset, cached for both ranks
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_gloo_rank, args=(r, str(tmp_path), results)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    got = dict((rank, (ids, params)) for rank, ids, params in (results.get(timeout=300) for _ in procs))
+    assert all(params is not None for _, params in got.values()), [ids for ids, _ in got.values()]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    (ids0, params0), (ids1, params1) = got[0], got[1]
+    assert not set(ids0) & set(ids1)
+    assert all(ids0.count(i) == 4 for i in ids0) and all(ids1.count(i) == 4 for i in ids1)
+    assert params0 == params1  # the digests of the two ranks' parameters
