@@ -199,3 +199,14 @@ def test_sample_refuses_a_checkpoint_that_holds_no_policy(tmp_path):
     checkpoint.save({"kind": "value", "model": {"w": torch.zeros(2)}}, str(path))
     r = sample("--ckpt", str(path))
     assert r.returncode == 2 and "not a base or policy checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("flag", ["--n_prompts", "--top_k", "--grad_clip", "--eval_prompts", "--threads", "--seed",
+                                  "--warmup", "--pretrain_steps", "--prior_strength", "--dropout", "--wrong_fraction"])
+def test_zero_is_a_valid_setting_where_it_means_all_off_or_default(flag):
+    """0 = all prompts, no top-k, no clipping, torch's thread count, seed 0, no warm-up, no
+    pretraining, no prior, no dropout, no wrong answers: each of these must parse."""
+    cfg = parse_config(["--quick", flag, "0"])
+    dest = next(a.dest for a in build_parser()._actions if a.option_strings and a.option_strings[0] == flag)
+    section, name = dest.split(".")
+    assert getattr(getattr(cfg, section), name) == 0
