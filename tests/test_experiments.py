@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from experiments import EXPERIMENTS, exact_world, frontier, gap, paper, runner, stats, variance
+from experiments import EXPERIMENTS, exact_world, frontier, gap, online, paper, runner, stats, variance
 from experiments.tables import writeup
 from rpo_mini.align import Alignment, prepare
 from rpo_mini.config import AlignConfig
@@ -270,7 +270,8 @@ def _load(out, name):
     assert d["experiment"] == name and d["quick"] is True and d["seeds"] == [0, 1]
     # what its jobs ran, per world: the quick sizes, and a grid's own fields among the varied ones
     for world, c in d["config"].items():
-        steps = gap.GRID["quick"]["steps"] if name == "gap" else runner.QUICKER["align"]["steps"]  # gap sets its own
+        own = {"gap": gap.GRID, "online": online.GRID}  # the experiments that set their own number of steps
+        steps = own[name]["quick"]["steps"] if name in own else runner.QUICKER["align"]["steps"]
         assert c["config"]["align"]["steps"] == steps and c["jobs"] > 0
         assert world == c["config"]["world"]["name"]
         assert c["config"]["pretrain"]["pretrain_steps"] == runner.QUICKER["pretrain"]["pretrain_steps"]
@@ -523,3 +524,24 @@ def test_difference_in_differences_by_hand():
     mean, half, n = difference_in_differences(a, b, c, e, "x")
     # seed 0: (5 − 1) − (3 − 2) = 3; seed 1: (4 − 2) − (3 − 2.5) = 1.5; seed 2 diverged
     assert n == 2 and mean == pytest.approx(2.25) and half == pytest.approx(12.706 * 0.75)  # sd 0.75·√2, n = 2
+
+
+def test_quick_online(quick_all):
+    """Every variant ran; each checkpoint's generations are the dataset's (for the variants that read
+    it) plus the fresh ones so far; the tuned regret is recomputed from the raw runs."""
+    d = _load(quick_all[0], "online")
+    runs = d["runs"]
+    assert {r["variant"] for r in runs} == set(online.VARIANTS)
+    for r in runs:
+        dataset, fresh = r["generations"]["dataset"], r["generations"]["fresh"]
+        last = r["trace"][-1]["step"]
+        for c in r["trace"]:
+            assert c["generations"] == dataset + fresh * c["step"] // last, (r["variant"], c)
+        assert (fresh == 0) == (r["variant"] in ("rpo", "dro")) and (dataset > 0) == (r["variant"] in ("rpo", "dro", "apo"))
+    for v in online.VARIANTS:
+        by_seed = {}
+        for r in (r for r in runs if r["variant"] == v):
+            if r["seed"] not in by_seed or r["val_regret"] < by_seed[r["seed"]]["val_regret"]:
+                by_seed[r["seed"]] = r
+        finals = [r["trace"][-1]["regret"] for r in by_seed.values()]
+        assert d["tuned"][v]["regret"][0] == pytest.approx(sum(finals) / len(finals))
