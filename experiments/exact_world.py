@@ -206,10 +206,18 @@ def partition_error(job) -> dict:
     out = {"seed": job.seed}
     for tau in job.params["taus"]:
         truth = oracle.per_sample(oracle.log_z(tau, scale), prompts)
-        for est in PARTITION_ESTIMATORS:
-            d = losses.log_partition(z, data.prompt_ids, tau, est, ref_logps=ref_logps) - truth
-            out[f"{est}_tau{tau:g}_bias"] = float(d.mean())
-            out[f"{est}_tau{tau:g}_abs"] = float(d.abs().mean())
+        out |= log_z_errors(z, data.prompt_ids, tau, truth, ref_logps)
+    return out
+
+
+def log_z_errors(z, prompt_ids, tau, truth, ref_logps) -> dict:
+    """Each estimator's error log Ẑ(x_i) − log Z(x_i) over samples i (all (N,)): its mean (the bias,
+    signed: negative means Ẑ underestimates) and its mean absolute value, keyed `{est}_tau{τ}_…`."""
+    out = {}
+    for est in PARTITION_ESTIMATORS:
+        d = losses.log_partition(z, prompt_ids, tau, est, ref_logps=ref_logps) - truth
+        out[f"{est}_tau{tau:g}_bias"] = float(d.mean())
+        out[f"{est}_tau{tau:g}_abs"] = float(d.abs().mean())
     return out
 
 

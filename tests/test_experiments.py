@@ -54,6 +54,20 @@ def _toy_dataset():
     return Dataset([[1]] * n, [[2]] * n, ids, rewards, [{}] * n)
 
 
+def test_log_z_errors_by_hand():
+    # two prompts of two samples, tau = 0.5; the true log Z is 1 for prompt 0 and 4 for prompt 1
+    z, ids = torch.tensor([0.0, 1.0, 2.0, 2.0]), torch.tensor([0, 0, 1, 1])
+    truth = torch.tensor([1.0, 1.0, 4.0, 4.0], dtype=torch.float64)
+    ref = torch.tensor([math.log(0.5), math.log(0.25), math.log(0.5), math.log(0.5)])
+    e = exact_world.log_z_errors(z, ids, 0.5, truth, ref)
+    mean0 = math.log((1 + math.e ** 2) / 2) - 1  # prompt 1's estimates are exactly 4: no error
+    assert e["mean_tau0.5_bias"] == pytest.approx(mean0 / 2) and e["mean_tau0.5_abs"] == pytest.approx(mean0 / 2)
+    # leave-one-out on prompt 0: each sample sees only the other, 2/0.5 - 1 = +1 and 0/0.5 - 1 = -1
+    assert e["loo_tau0.5_bias"] == pytest.approx(0.0, abs=1e-6) and e["loo_tau0.5_abs"] == pytest.approx(0.5)
+    ref0 = math.log(0.5 + 0.25 * math.e ** 2) - 1  # a partial sum of Z: below the truth
+    assert e["ref_tau0.5_bias"] == pytest.approx(ref0 / 2) and e["ref_tau0.5_abs"] == pytest.approx(-ref0 / 2)
+
+
 def test_global_baseline_partition_is_logsumexp_over_all_rewards_minus_log_n():
     data, tau = _toy_dataset(), 0.7
     cfg = AlignConfig()
