@@ -22,11 +22,19 @@ def test_merges_are_the_most_frequent_pairs_on_a_hand_made_example():
     assert merges[1] == b" ab"
 
 
-def test_merge_counts_agree_with_a_naive_recount():
+def _repeated_words(rng):  # few words, each many times: counts stay large
+    return " ".join(rng.choice(["banana", "bandana", "cabana", "ban"]) for _ in range(300))
+
+
+def _rare_words(rng):  # many words seen once: pair counts fall to 1 and rise again as merges go on
+    return " ".join("".join(rng.choice("abc") for _ in range(rng.randint(2, 7))) for _ in range(200))
+
+
+@pytest.mark.parametrize("corpus,merges", [(_repeated_words, 12), (_rare_words, 60)])
+def test_merge_counts_agree_with_a_naive_recount(corpus, merges):
     """After each merge, the chosen pair is the most frequent in a from-scratch recount."""
-    rng = random.Random(0)
-    text = " ".join(rng.choice(["banana", "bandana", "cabana", "ban"]) for _ in range(300))
-    ranks = train_bpe([text], vocab_size=256 + 12 + 1)
+    text = corpus(random.Random(0))
+    ranks = train_bpe([text], vocab_size=256 + merges + 1)
     enc = make_encoding(ranks)
     vocab = {r: t for t, r in ranks.items()}
     words = [list(w.encode()) for w in regex.findall(enc._pat_str, text)]
