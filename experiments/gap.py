@@ -21,6 +21,16 @@ response (the true sum); KTO's weighs the mismatched pairs by π_ref too. DRO ha
 part: its value is learned. KTO and SFT have no τ of their own: they are decomposed at the
 experiment's τ (the τ RPO and DRO train at), and their frontier gap, which needs no τ, is beside it.
 
+The *fresh samples* rows are the online family (`experiments/online.py`) at the same τ, steps and
+learning rate: every step samples the policy being trained, in groups of `group_size` per prompt
+(A*-PO: one, after its V̂* from the K = 8 dataset), so there is no fixed sample to estimate on and
+their train regret has no estimation part. Where the K = ∞ limit of a fresh objective was run, its
+train regret splits into sampling + optimisation as above: RLOO's and Dr. GRPO's limit is the
+exact policy gradient of J_τ (the population run "rloo": ascent on J_τ(π) itself, `exact.objective`).
+The others' limits (online RPO's log-mean-exp of the policy's own samples, GRPO's std-weighted
+prompts, A*-PO's and online DRO's regressions on π_θ) are other objectives, not run: their train
+regret is reported unsplit.
+
 Along training (steps 0, 25, …, 150 of the K = 8 and K = ∞ runs; and 0, 50, …, 300 of a run of
 RPO and DRO on K = 8 twice as long, to see whether the regret turns) each checkpoint also records where the
 policy's mass is: on responses observed in the dataset for that prompt or never observed, and on
@@ -31,12 +41,13 @@ import copy
 
 import torch
 
-from rpo_mini import exact, losses, training
+from rpo_mini import exact, losses, stages, training
 from rpo_mini.align import Alignment
 from rpo_mini.data import collate_prompts, reward_scale
 from rpo_mini.evaluate import mean_ci
 from rpo_mini.model import ValueModel
 
+from .online import ONLINE, fresh_settings
 from .runner import VARIANTS, Experiment, Job, materials, oracle_on, run_jobs, test_oracle
 from .tables import COLORS, figure, pm, provenance, save, table
 
@@ -45,11 +56,14 @@ TRAIN_STRIDE = 2          # in-sample regret on every other training prompt (100
 POPULATION_PROMPTS = 8    # prompts per step of a population run, each with all of its responses
 NEAR_MISS = 0.5           # a near miss: training reward at least this, not the correct answer
 SAMPLED = ("rpo", "rpo-loo", "rpo-exact", "dro", "kto", "sft")
-POPULATION = ("rpo", "dro", "kto", "sft")  # one K = ∞ run per objective (RPO's three share it)
+POPULATION = ("rpo", "dro", "kto", "sft", "rloo")  # one K = ∞ run per objective (RPO's three share it)
+FRESH_LIMIT = {"rloo": "rloo", "dr-grpo": "rloo"}  # fresh variant → its K = ∞ run (Dr. GRPO: RLOO's × (K−1)/K)
 
 GRID = {"full": {"tau": 0.3, "k": [4, 8, 32], "steps": 150, "every": 25, "long": {"steps": 300, "every": 50,
-                                                                                    "variants": ["rpo", "dro"]}},
-        "quick": {"tau": 0.3, "k": [8], "steps": 4, "every": 2, "long": None}}
+                                                                                    "variants": ["rpo", "dro"]},
+                 "fresh": list(ONLINE), "group_size": 4},
+        "quick": {"tau": 0.3, "k": [8], "steps": 4, "every": 2, "long": None, "fresh": ["rloo", "apo"],
+                  "group_size": 4}}
 
 
 def run(ctx, g) -> dict:
@@ -60,6 +74,7 @@ def run(ctx, g) -> dict:
                 every = g["every"] if k == 8 else g["steps"]  # trajectories for K = 8; the end for other K
                 jobs.append(_job(ctx, s, v, k, g["steps"], every, g["tau"]))
         jobs += [_job(ctx, s, o, "population", g["steps"], g["every"], g["tau"]) for o in POPULATION]
+        jobs += [_job(ctx, s, v, "fresh", g["steps"], g["every"], g["tau"], g["group_size"]) for v in g["fresh"]]
         long = g["long"]
         if long:
             jobs += [_job(ctx, s, v, 8, long["steps"], long["every"], g["tau"]) for v in long["variants"]]
@@ -67,11 +82,14 @@ def run(ctx, g) -> dict:
     return {"grid": g, "jobs": len(jobs), "runs": [{"variant": j.variant, **j.setting, **r} for j, r in zip(jobs, results)]}
 
 
-def _job(ctx, seed, variant, k, steps, every, tau) -> Job:
+def _job(ctx, seed, variant, k, steps, every, tau, group_size=None) -> Job:
     obj, overrides = VARIANTS[variant]  # e.g. rpo-loo: RPO with the leave-one-out partition
     align = {**overrides, "steps": steps, "rpo_tau": tau, "dro_tau": tau}
-    # a population run reads the K = 8 dataset only for its z-scoring and its observed responses
-    cfg = ctx.cfg(seed, WORLD, align=align, collect={"k": 8 if k == "population" else k})
+    if k == "fresh":
+        align |= fresh_settings(tau, group_size)
+    # a population or fresh run reads the K = 8 dataset only for its z-scoring and its observed
+    # responses (and A*-PO for its V̂*)
+    cfg = ctx.cfg(seed, WORLD, align=align, collect={"k": k if isinstance(k, int) else 8})
     return Job(f"{__name__}:track", cfg, seed, variant, {"k": k, "steps": steps},
                params={"objective": obj, "k": k, "every": every, "tau": tau})
 
@@ -115,12 +133,17 @@ def track(job) -> dict:
         oracle = None
         if cfg.estimator == "exact" and obj == "rpo":
             oracle = oracle_on(m, "train", prompts)
-        a = Alignment(obj, m.base.value, data, cfg, lr, cfg.tau_for(obj), job.seed, eot, m.ctx.autocast, oracle=oracle)
-        policy, advance = a.policy, lambda step: a.train(until=step, log=lambda *x, **k: None)
+        a = Alignment(obj, m.base.value, data, cfg, lr, cfg.tau_for(obj), job.seed, eot, m.ctx.autocast, oracle=oracle,
+                      fresh=stages.fresh_sampling(m.world, m.tok, job.cfg.collect))
+
+        def advance(step):
+            a.train(until=step, log=lambda *x, **k: None)
+            return sum(a.history["generations"].values())  # responses sampled and scored so far
+        policy = a.policy
     trace = []
     for step in checkpoints:
-        advance(step)
-        trace.append(measure(policy, step))
+        spent = advance(step)
+        trace.append(measure(policy, step) | ({"generations": spent} if spent is not None else {}))
     return {"seed": job.seed, "tau_raw": tau_raw, "reward_scale": scale.scale, "trace": trace}
 
 
@@ -140,7 +163,8 @@ def masses(table, o: exact.Oracle, observed=None) -> dict:
 
 def population(objective, base, o: exact.Oracle, scale, cfg, lr, tau, seed, autocast):
     """Train `objective` on its population loss: for each batch prompt, every enumerated response
-    weighted by π_ref(y|x), rewards z-scored by `scale`, τ in those units (RPO, DRO).
+    weighted by π_ref(y|x), rewards z-scored by `scale`, τ in those units (RPO, DRO); for RLOO,
+    whose samples come from the policy itself, −J_τ(π) exactly (every response weighted by π).
     `o`: the oracle on the training prompts. Returns (policy, advance), advance(step) training up to `step`."""
     eot, prompts = o.eot, o.prompts
     torch.manual_seed(seed)
@@ -173,6 +197,9 @@ def population(objective, base, o: exact.Oracle, scale, cfg, lr, tau, seed, auto
             values = modules["value"](tokens, last).double()
             return losses.dro_loss(flat(table), flat(ref), flat(zi), values.repeat_interleave(n_y), tau,
                                    weights=flat(wi))
+        if objective == "rloo":  # ascent on J_τ itself: the exact policy gradient, RLOO's limit as K → ∞
+            loss = -exact.objective(table, ref, zi, tau).mean()
+            return loss, {"loss": float(loss.detach())}
         if objective == "kto":  # z0 from each prompt with the next prompt's responses, weighted by their π_ref
             perm = losses.kto_mismatched(len(idx))
             desirable = losses.binarize_rewards(flat(zi), threshold="global", global_mean=0.0)
@@ -183,7 +210,7 @@ def population(objective, base, o: exact.Oracle, scale, cfg, lr, tau, seed, auto
         return losses.sft_loss(table[rows, best[idx]], n_tok)
 
     def advance(step):
-        loop.run(loss_at, lambda *a: None, until=step)
+        loop.run(loss_at, lambda *a: None, until=step)  # no responses sampled: returns None
     return policy, advance
 
 
@@ -212,12 +239,29 @@ def decompose(d) -> dict:
         per_seed = {}
         for s in r_test:
             if s in pop and s in exact_train:
-                per_seed[s] = {"total": r_test[s], "generalisation": r_test[s] - r_train[s],
+                per_seed[s] = {"total": r_test[s], "generalisation": r_test[s] - r_train[s], "train": r_train[s],
+                               "generations": _final(runs, v, 8, steps, "generations")[s],
                                "estimation": r_train[s] - exact_train[s] if obj == "rpo" else 0.0,
                                "sampling": exact_train[s] - pop[s], "optimisation": pop[s],
                                "frontier_gap": _final(runs, v, 8, steps, "test_frontier_gap")[s]}
-        out[v] = {"per_seed": per_seed, "has_estimation": obj == "rpo",
-                  **{k: list(mean_ci([x[k] for x in per_seed.values()])) for k in ("total", *PARTS, "frontier_gap")}}
+        out[v] = {"per_seed": per_seed, "has_estimation": obj == "rpo", "fresh": False,
+                  **{k: list(mean_ci([x[k] for x in per_seed.values()]))
+                     for k in ("total", *PARTS, "train", "frontier_gap", "generations")}}
+    for v in d["grid"]["fresh"]:
+        r_test, r_train = (_final(runs, v, "fresh", steps, f"{split}_regret") for split in ("test", "train"))
+        limit = FRESH_LIMIT.get(v)
+        pop = _final(runs, limit, "population", steps, "train_regret") if limit else {}
+        per_seed = {}
+        for s in r_test:
+            per_seed[s] = {"total": r_test[s], "generalisation": r_test[s] - r_train[s], "train": r_train[s],
+                           "frontier_gap": _final(runs, v, "fresh", steps, "test_frontier_gap")[s],
+                           "generations": _final(runs, v, "fresh", steps, "generations")[s]}
+            if s in pop:
+                per_seed[s] |= {"sampling": r_train[s] - pop[s], "optimisation": pop[s]}
+        keys = ("total", "generalisation", "train", "frontier_gap", "generations",
+                *(("sampling", "optimisation") if pop else ()))
+        out[v] = {"per_seed": per_seed, "has_estimation": False, "fresh": True, "limit": limit,
+                  **{k: list(mean_ci([x[k] for x in per_seed.values()])) for k in keys}}
     return out
 
 
@@ -256,10 +300,17 @@ def plot(d, path):
     dec = d["decomposition"]
     colors = {"generalisation": "tab:gray", "estimation": "tab:red", "sampling": "tab:orange",
               "optimisation": "tab:blue"}
-    for i, v in enumerate(SAMPLED):
+    names = [*SAMPLED, *(v for v in dec if dec[v]["fresh"])]
+    unsplit = next((v for v in names if "optimisation" not in dec[v]), None)
+    for i, v in enumerate(names):
         bottom_pos, bottom_neg = 0.0, 0.0
-        for part in PARTS:
+        split = "optimisation" in dec[v]
+        for part in ([q for q in PARTS if q in dec[v]] if split else ("generalisation", "train")):
             val = dec[v][part][0]
+            if part == "train":  # a fresh objective whose K = ∞ limit was not run: its train regret, unsplit
+                axes[0].bar(i, val, 0.7, bottom=bottom_pos if val >= 0 else bottom_neg, color="white",
+                            edgecolor="tab:blue", hatch="//", label="train regret, not split" if v == unsplit else None)
+                continue
             base = bottom_pos if val >= 0 else bottom_neg
             axes[0].bar(i, val, 0.7, bottom=base, color=colors[part], label=part if i == 0 else None)
             if val >= 0:
@@ -269,13 +320,16 @@ def plot(d, path):
         total, ci = dec[v]["total"]
         axes[0].errorbar(i, total, yerr=ci, fmt="k_", ms=14, capsize=3, label="test regret (sum)" if i == 0 else None)
     axes[0].axhline(d["reference"]["test_regret"], color="0.5", ls=":", label="π_ref's test regret")
-    axes[0].set_xticks(range(len(SAMPLED)), SAMPLED)
+    if len(names) > len(SAMPLED):
+        axes[0].axvline(len(SAMPLED) - 0.5, color="0.3", lw=0.8)
+    axes[0].set_xticks(range(len(names)), names, rotation=40, ha="right")
     axes[0].set_ylabel("regret at τ (raw reward units)")
-    axes[0].set_title("test regret of the K = 8 run, split into its parts")
+    axes[0].set_title("test regret, split into its parts (K = 8 | fresh samples)")
     tr = d["trajectories"]
     steps, long = d["grid"]["steps"], (d["grid"]["long"] or {}).get("steps")
-    for v in ("rpo", "dro", "kto", "sft"):
-        for key, ls, lab in ((f"{v}/8/{steps}", "-", "K=8"), (f"{v}/population/{steps}", "--", "K=∞"),
+    for v in ("rpo", "dro", "kto", "sft", "rloo"):
+        for key, ls, lab in ((f"{v}/8/{steps}", "-", "K=8"), (f"{v}/fresh/{steps}", "-", "fresh"),
+                             (f"{v}/population/{steps}", "--", "K=∞"),
                              (f"{v}/8/{long}", ":", f"K=8, {long} steps"),
                              (f"{v}/population/{long}", "-.", f"K=∞, {long} steps")):
             if key in tr:
@@ -305,12 +359,20 @@ def plot(d, path):
 
 def markdown(d) -> str:
     dec, bk = d["decomposition"], d["by_k"]
-    lines = [[v, *[pm(*dec[v][k], ".4f") if (k != "estimation" or dec[v]["has_estimation"]) else "—"
-                   for k in ("total", *PARTS)], pm(*dec[v]["frontier_gap"], ".3f")] for v in SAMPLED]
+    def line(v):
+        e = dec[v]
+        parts = [pm(*e[k], ".4f") if k in e and (k != "estimation" or e["has_estimation"]) else "—" for k in PARTS]
+        return [v, f"{e['generations'][0]:,.0f}", pm(*e["total"], ".4f"), *parts, pm(*e["train"], ".4f"),
+                pm(*e["frontier_gap"], ".3f")]
+    fresh = [v for v in dec if dec[v]["fresh"]]
+    lines = [line(v) for v in SAMPLED] + ([["*fresh samples*", *[""] * 8]] if fresh else []) + [line(v) for v in fresh]
     out = [provenance(d), "", f"Test regret at τ = {d['grid']['tau']:g} (raw units τ·σ) of the standard run (K = 8, "
            f"{d['grid']['steps']} steps) and its four parts, mean ± 95% CI over replicates (π_ref's test regret "
-           f"{d['reference']['test_regret']:.4f}):", "",
-           table(["variant", "test regret", *PARTS, "frontier gap"], lines), ""]
+           f"{d['reference']['test_regret']:.4f}); train regret = estimation + sampling + optimisation. Fresh "
+           f"samples: the online family in groups of {d['grid']['group_size']} (A*-PO: 1), sampling and "
+           f"optimisation only where the objective's K = ∞ run exists ({', '.join(sorted(FRESH_LIMIT))}: the "
+           f"exact policy gradient of J_τ):", "",
+           table(["variant", "generations", "test regret", *PARTS, "train regret", "frontier gap"], lines), ""]
     ks = list(next(iter(bk.values())))
     lines = [[v, *[f"{pm(*bk[v][k]['train'], '.4f')} / {pm(*bk[v][k]['test'], '.4f')}" for k in ks]] for v in SAMPLED]
     out += ["Train / test regret at the end, by K (∞ = the population loss):", "",
@@ -318,7 +380,7 @@ def markdown(d) -> str:
     tr = d["trajectories"]
     steps = d["grid"]["steps"]
     lines = []
-    for key in sorted(k for k in tr if k.split("/")[0] in POPULATION and k.split("/")[1] in ("8", "population")):
+    for key in sorted(k for k in tr if k.split("/")[0] in POPULATION and k.split("/")[1] in ("8", "population", "fresh")):
         for c in tr[key]:
             lines.append([key, c["step"], f"{c['train_regret']:.4f}", f"{c['test_regret']:.4f}", f"{c['test_exact_kl']:.3f}",
                           f"{c['test_exact_reward']:.3f}", f"{c['test_mass_correct']:.3f}",

@@ -22,23 +22,13 @@ from rpo_mini.align import Alignment
 from rpo_mini.data import reward_scale
 from rpo_mini.evaluate import mean_ci
 
-from .runner import Experiment, Job, materials, run_jobs, test_oracle, val_oracle
+from .runner import VARIANTS as OBJECTIVE_OF, Experiment, Job, materials, run_jobs, test_oracle, val_oracle
 from .tables import COLORS, figure, pm, provenance, save, table
 
 WORLD = "arithmetic"
-# variant → (objective, AlignConfig changes); A*-PO's β₁ is set to the grid's τ in `_job`
-VARIANTS = {
-    "rpo": ("rpo", {}),                                         # offline: π_ref's K = 8 dataset, "mean"
-    "dro": ("dro", {}),                                         # offline, value learned
-    "apo": ("apo", {}),                                         # V̂* once from the dataset, 1 fresh sample/prompt
-    "rpo-online": ("rpo", {"online": True}),                    # log Ẑ from each step's fresh group
-    "rpo-online-loo": ("rpo", {"online": True, "estimator": "loo"}),
-    "rloo": ("rloo", {}),
-    "grpo": ("grpo", {}),
-    "dr-grpo": ("grpo", {"grpo_std": False}),
-    "dro-online": ("dro", {"online": True}),                    # the valued contrast, on fresh groups
-}
+# offline RPO and DRO (π_ref's K = 8 dataset) and the online family (`runner.VARIANTS` says what each runs)
 ONLINE = ("apo", "rpo-online", "rpo-online-loo", "rloo", "grpo", "dr-grpo", "dro-online")
+VARIANTS = ("rpo", "dro", *ONLINE)
 
 GRID = {"full": {"tau": 0.3, "lrs": [1e-4, 3e-4], "steps": 150, "every": 25, "group_size": 4},
         "quick": {"tau": 0.3, "lrs": [3e-4], "steps": 4, "every": 2, "group_size": 4}}
@@ -50,11 +40,15 @@ def run(ctx, g) -> dict:
     return {"grid": g, "jobs": len(jobs), "runs": [{"variant": j.variant, **j.setting, **r} for j, r in zip(jobs, results)]}
 
 
+def fresh_settings(tau, group_size) -> dict:
+    """The AlignConfig changes a comparison of the online family runs with: one τ for every
+    objective (A*-PO's β₁ = β₂ = τ, so that its target is RPO's) and the size of the fresh groups."""
+    return {"tau": tau, "apo_beta1": tau, "group_size": group_size}
+
+
 def _job(ctx, seed, variant, lr, g) -> Job:
-    obj, overrides = VARIANTS[variant]
-    tau = g["tau"]
-    align = {**overrides, "steps": g["steps"], "group_size": g["group_size"], "lr": lr, "tau": tau,
-             "apo_beta1": tau}
+    obj, overrides = OBJECTIVE_OF[variant]
+    align = {**overrides, "steps": g["steps"], "lr": lr, **fresh_settings(g["tau"], g["group_size"])}
     cfg = ctx.cfg(seed, WORLD, align=align)
     return Job(f"{__name__}:track", cfg, seed, variant, {"lr": lr}, params={"objective": obj, "every": g["every"]})
 
@@ -71,15 +65,13 @@ def track(job) -> dict:
     a = Alignment(obj, m.base.value, data, cfg, cfg.lr_for(obj), cfg.tau_for(obj), job.seed, m.enc.eot_token,
                   m.ctx.autocast, fresh=stages.fresh_sampling(m.world, m.tok, job.cfg.collect))
     t0 = time.perf_counter()
-    dataset = 0 if a.fresh and not a.once else len(data)  # the generations it read from π_ref's dataset
-    per_step = a.prompts_per_step * a.group if a.fresh else 0
     checkpoints = sorted(set(range(0, cfg.steps + 1, p["every"])) | {cfg.steps})
     trace = []
     for step in checkpoints:
         a.train(until=step, log=lambda *x, **k: None)
         a.policy.eval()
         c = exact.compare(test, test.table(a.policy, m.ctx.autocast), tau_raw)
-        trace.append({"step": step, "generations": dataset + per_step * step,
+        trace.append({"step": step, "generations": sum(a.history["generations"].values()),
                       **{k: c[k] for k in ("regret", "exact_kl", "exact_reward", "exact_gold", "frontier_gap")}})
     val_regret = exact.compare(val, val.table(a.policy, m.ctx.autocast), tau_raw)["regret"]
     rows = a.history["train"]
@@ -171,7 +163,7 @@ def summary(d) -> dict:
 def plot(d, path):
     lrs = d["grid"]["lrs"]
     fig, axes = figure(len(lrs) + 1, (6 * (len(lrs) + 1), 4.6))
-    colors = {v: COLORS.get(VARIANTS[v][0]) for v in VARIANTS}
+    colors = {v: COLORS.get(OBJECTIVE_OF[v][0]) for v in VARIANTS}
     styles = {"rpo-online-loo": ":", "dr-grpo": ":", "dro-online": "--", "rpo-online": "--"}
     tr = d["trajectories"]
     for ax, lr in zip(axes, lrs):

@@ -49,6 +49,13 @@ VARIANTS = {
     "dro-joint": ("dro", {"clip_separately": False}),  # policy and value clipped together
     "dro-shared": ("dro", {"dro_value": "shared"}),    # the authors' DRO: a value head on the policy
     **{f"{o}-paper": (o, PAPER["align"]) for o in ("sft", "kto", "dro", "rpo")},
+    # the online family: each step samples the policy being trained (`--online` for RPO and DRO)
+    "apo": ("apo", {}),                            # A*-PO: V̂* once from π_ref's dataset, 1 fresh sample/prompt
+    "rpo-online": ("rpo", {"online": True}),       # log Ẑ from each step's fresh group
+    "rpo-online-loo": ("rpo", {"online": True, "estimator": "loo"}),
+    "rloo": ("rloo", {}), "grpo": ("grpo", {}),
+    "dr-grpo": ("grpo", {"grpo_std": False}),      # GRPO without the std: r − group mean
+    "dro-online": ("dro", {"online": True}),       # the valued contrast, on fresh groups
 }
 
 # Changes to the defaults, for every experiment (the protocol of FINDINGS.md): DRO's policy and

@@ -499,11 +499,14 @@ def test_quick_gap(quick_all):
     estimators share one population run; K = ∞ is the population loss."""
     d = _load(quick_all[0], "gap")
     dec = d["decomposition"]
-    assert set(dec) == set(gap.SAMPLED)
+    fresh = gap.GRID["quick"]["fresh"]
+    assert set(dec) == set(gap.SAMPLED) | set(fresh)
     for v, row in dec.items():
         assert len(row["per_seed"]) == 2
         for parts in row["per_seed"].values():
-            assert sum(parts[p] for p in gap.PARTS) == pytest.approx(parts["total"], abs=1e-12)
+            split = [p for p in gap.PARTS if p in parts]
+            assert sum(parts[p] for p in split) == pytest.approx(parts["total"], abs=1e-12)
+            assert parts["generalisation"] + parts["train"] == pytest.approx(parts["total"], abs=1e-12)
         if not row["has_estimation"]:
             assert all(p["estimation"] == 0.0 for p in row["per_seed"].values())
     assert dec["rpo-exact"]["estimation"][0] == 0.0
@@ -518,6 +521,17 @@ def test_quick_gap(quick_all):
     for s, parts in dec["dro"]["per_seed"].items():  # no partition: sampling is against DRO's own population run
         assert parts["sampling"] == end["dro", 8, int(s)]["train_regret"] - end["dro", "population", int(s)]["train_regret"]
     assert dec["rpo"]["optimisation"] == dec["rpo-loo"]["optimisation"] == dec["rpo-exact"]["optimisation"]
+    # fresh samples: RLOO's sampling part is against the exact policy gradient's run; A*-PO's limit was not run
+    g, n_data = d["grid"], 8 * d["config"]["arithmetic"]["config"]["collect"]["n_prompts"]
+    batch = d["config"]["arithmetic"]["config"]["align"]["batch_size"]
+    for s, parts in dec["rloo"]["per_seed"].items():
+        s = int(s)
+        assert parts["sampling"] == end["rloo", "fresh", s]["train_regret"] - end["rloo", "population", s]["train_regret"]
+        assert parts["optimisation"] == end["rloo", "population", s]["train_regret"]
+        assert parts["generations"] == g["steps"] * batch  # fresh only: RLOO never reads π_ref's dataset
+    assert "sampling" not in dec["apo"] and "estimation" not in dec["apo"]["per_seed"]["0"]
+    assert all(p["generations"] == n_data + g["steps"] * batch for p in dec["apo"]["per_seed"].values())
+    assert all(p["generations"] == n_data for p in dec["rpo"]["per_seed"].values())  # K = 8, read once
     for r in d["runs"]:
         first = r["trace"][0]
         assert first["step"] == 0 and first["train_regret"] >= 0 and first["test_exact_kl"] == pytest.approx(0, abs=1e-9)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from rpo_mini import align as align_mod
-from rpo_mini import losses
+from rpo_mini import exact, losses
 from rpo_mini.align import Alignment, Fresh
 from rpo_mini.sampling import response_logprobs
 
@@ -256,3 +256,23 @@ def test_two_gloo_processes_sample_disjoint_whole_groups_and_keep_one_policy(tmp
     assert not set(ids0) & set(ids1)
     assert all(ids0.count(i) == 4 for i in ids0) and all(ids1.count(i) == 4 for i in ids1)
     assert params0 == params1  # the digests of the two ranks' parameters
+
+
+def test_rloo_expected_gradient_is_the_exact_policy_gradient_of_j_tau():
+    """Averaged over every ordered group of K = 2 samples from a 3-response policy, RLOO's
+    gradient is −∇J_τ(π) with J_τ = E_π[r] − τ KL(π‖π_ref) (`exact.objective`): the limit the gap
+    experiment's population run "rloo" ascends. Enumerated in float64, at τ = 0.7."""
+    logits = torch.tensor([0.3, -0.5, 1.1], dtype=torch.float64, requires_grad=True)
+    ref = torch.log_softmax(torch.tensor([0.0, 0.4, -0.2], dtype=torch.float64), -1)
+    r, tau = torch.tensor([1.0, -0.5, 0.25], dtype=torch.float64), 0.7
+    logp = torch.log_softmax(logits, -1)
+    expected = torch.zeros(3, dtype=torch.float64)
+    for i in range(3):
+        for j in range(3):
+            ys = torch.tensor([i, j])
+            loss, _ = losses.pg_loss(logp[ys], ref[ys], r[ys], torch.tensor([0, 0]), tau, kind="rloo")
+            g, = torch.autograd.grad(loss, logits, retain_graph=True)
+            expected += logp[i].exp().detach() * logp[j].exp().detach() * g
+    exact_loss = -exact.objective(logp[None], ref[None], r[None], tau).mean()
+    g_exact, = torch.autograd.grad(exact_loss, logits)
+    assert torch.allclose(expected, g_exact, atol=1e-12)
