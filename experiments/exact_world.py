@@ -389,7 +389,7 @@ def run_offpolicy(ctx, g) -> dict:
 
 
 def _name(r) -> str:
-    """A row's column: its variant, marked @on for the on-policy arm."""
+    """A row's column: its variant, marked @on for the reference-sample arm (π_ref's own samples)."""
     return r["variant"] + ("@on" if r.get("data") == "on" else "")
 
 
@@ -399,7 +399,7 @@ def _conditions(d):
 
 def tau_summary(d) -> dict:
     """Each variant − RPO on the same data, paired by replicate; where both arms ran, the
-    difference of differences (DRO − RPO off-policy) − (DRO − RPO on-policy), paired by replicate."""
+    difference of differences (DRO − RPO off-policy) − (DRO − RPO on reference samples), paired by replicate."""
     out, did = {}, {}
     for ps, tau in _conditions(d):
         by = {_name(r): r for r in d["rows"] if r.get("prior_strength") == ps and r["tau"] == tau}

@@ -78,7 +78,7 @@ def run_offpolicy(ctx, grid) -> dict:
 
 
 def _arm(d, on: bool) -> dict:
-    """d with only its off-policy rows (on=False) or only its on-policy arm (on=True)."""
+    """d with only its off-policy rows (on=False) or only its reference-sample arm (on=True)."""
     return {**d, "rows": [r for r in d["rows"] if (r.get("data") == "on") == on]}
 
 
@@ -119,7 +119,7 @@ def offpolicy_markdown(d) -> str:
                       "at equal τ, not matched KL; > 0 in gold: the off-policy data costs RPO more than DRO):", "",
                       table(["setting", *[f"{h} {k}" for k in ("Δgold", "Δgated", "ΔKL")
                                           for h in ("off", "on", "Δ of Δ")]], lines), "",
-                      "The on-policy arm (π_ref's own samples):", "", metric_table(_arm(d, True)["rows"], reference=True)])
+                      "The reference-sample arm (π_ref's own samples):", "", metric_table(_arm(d, True)["rows"], reference=True)])
 
 
 def tuned(rows, against="rpo", keys=("reward", "gold", "gated_gold", "kl", "distinct_2", "toxicity_rate",

@@ -94,8 +94,8 @@ def _rpo_prepare(rewards, data, ref_logps, cfg, tau, exact_log_z, once):
     behavior = data.behavior_logps
     if cfg.estimator == "iw" and behavior is None:
         raise UserError('--estimator iw needs the log-probability of each response under the generator that '
-                        'wrote it ("behavior_logp"): off-policy data in the arithmetic world has it, on-policy '
-                        'data and the reviews world\'s off-policy generator do not')
+                        'wrote it ("behavior_logp"): off-policy data in the arithmetic world has it, π_ref\'s own '
+                        'samples and the reviews world\'s off-policy generator do not')
     log_z = losses.log_partition(rewards, data.prompt_ids, tau, cfg.estimator, ref_logps=ref_logps.double(),
                                  exact_log_z=exact_log_z, behavior_logps=behavior)
     return {"rewards": rewards.float(), "log_z": log_z.float()}

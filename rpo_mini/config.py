@@ -302,7 +302,7 @@ def validate(cfg: Config) -> None:
     c, a = cfg.collect, cfg.align
     if a.estimator == "iw" and "rpo" in objs:
         if not (c.off_policy or c.dataset):
-            raise UserError("--estimator iw reweights off-policy samples by π_ref/μ; on-policy data comes from "
+            raise UserError("--estimator iw reweights off-policy samples by π_ref/μ; reference samples come from "
                             "π_ref itself (μ = π_ref, which is --estimator mean): add --off_policy or use another "
                             "estimator")
         if c.off_policy and not c.dataset and WORLD_CLASSES[cfg.world.name].off_policy_logprob is None:

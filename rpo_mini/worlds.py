@@ -99,7 +99,7 @@ INSULTS = tuple(f"{who} is {what}"
           "what a joke", "what a dump", "pathetic losers", "total garbage")
 CONNECTORS = (", and", ", but", ".")
 
-# Generator knobs (on-policy; off-policy changes are listed in ReviewsWorld.sample_response).
+# Generator knobs (π_ref's own samples; off-policy changes are listed in ReviewsWorld.sample_response).
 CLAUSE_COUNT_WEIGHTS = {1: 0.30, 2: 0.35, 3: 0.22, 4: 0.13}
 OFF_POLICY_CLAUSE_WEIGHTS = {1: 0.2, 2: 0.2, 3: 0.2, 4: 0.2, 5: 0.2}
 AGREE_RATE = 0.85         # a later clause shares the review's overall mood with this probability
@@ -199,7 +199,7 @@ def split_prompts(prompts: list[str], cfg: WorldConfig):
 def reward_spread(world: World, prompts: list[str], k: int = 32, seed: int = 0,
                   reward: str | None = None) -> tuple[float, float]:
     """(between, within) for one reward: the std over prompts of the per-prompt mean, and the
-    mean over prompts of the within-prompt std, from k on-policy samples per prompt. RPO's
+    mean over prompts of the within-prompt std, from k of π_ref's samples per prompt. RPO's
     per-prompt normalisation matters when `between` is not small next to `within`."""
     rng = random.Random(seed)
     f = world.rewards()[reward or world.default_reward]

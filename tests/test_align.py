@@ -402,7 +402,7 @@ def test_rpo_iw_estimator_without_behavior_log_probs_is_refused(tiny):
     from rpo_mini.runtime import UserError
 
     st, base, data = tiny
-    assert data.behavior_logps is None  # on-policy data
+    assert data.behavior_logps is None  # π_ref's own samples
     cfg = dataclasses.replace(st.cfg.align, estimator="iw")
     with pytest.raises(UserError, match="--estimator iw needs the log-probability.*behavior_logp"):
         Alignment("rpo", base, data, cfg, lr=1e-3, tau=1.0, seed=0, eot=st.enc.eot_token)

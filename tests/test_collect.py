@@ -94,7 +94,7 @@ def test_the_training_reward_is_the_chosen_component(tiny):
 @pytest.fixture(scope="module")
 def arith(tmp_path_factory):
     """A tiny arithmetic world, its tokenizer and an untrained base model (collection only needs
-    the model for log π_ref), and its on-policy dataset: about 3 s."""
+    the model for log π_ref), and its dataset of π_ref's own samples: about 3 s."""
     from rpo_mini import stages
     from rpo_mini.config import QUICK, Config, apply
 

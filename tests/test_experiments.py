@@ -406,7 +406,7 @@ def test_quick_exact_conditions(quick_all, name):
     for row in d["rows"]:
         _check_exact(row)
     assert set(d["minus_rpo"]) == {f"{ps}/{t:g}" for ps, t in conditions}
-    if name == "exact_offpolicy":  # the on-policy arm, and the difference of differences paired by seed
+    if name == "exact_offpolicy":  # the reference-sample arm, and the difference of differences paired by seed
         assert on == set(exact_world.ON_POLICY)
         for t in g["taus"]:
             by = {(r["variant"], r.get("data")): {x["seed"]: x["regret"] for x in r["per_seed"]}
