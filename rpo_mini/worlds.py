@@ -409,7 +409,7 @@ class ArithmeticWorld(World):
         wrong = statistics.fmean(R.correct(p, r) == 0.0 for p, r in self.corpus)
         by_difficulty = {}
         for p in self.train_prompts:
-            by_difficulty.setdefault(_difficulty(p), []).append(self.error_rate(p))
+            by_difficulty.setdefault(difficulty(p), []).append(self.error_rate(p))
         rates = ", ".join(f"{d}: {statistics.fmean(v):.2f} ({len(v)} prompts)"
                           for d, v in sorted(by_difficulty.items()))
         return "\n".join([
@@ -426,7 +426,7 @@ class ArithmeticWorld(World):
         ])
 
 
-def _difficulty(prompt):
+def difficulty(prompt):
     """The number of carries, plus one when both operands have two or more digits
     (0..3 for operands below 100)."""
     a, b = R.operands(prompt)
@@ -440,7 +440,7 @@ def _difficulty(prompt):
 
 
 def _difficulty_weight(prompt):
-    return 3 ** _difficulty(prompt)   # each step of difficulty triples the chance of a slip
+    return 3 ** difficulty(prompt)   # each step of difficulty triples the chance of a slip
 
 
 def _plausible_mistakes(a, b):

@@ -363,9 +363,9 @@ def test_gold_floor_is_minus_one_for_reviews_and_zero_for_arithmetic(reviews, ar
                                           ("99+1=", 2), ("5+5=", 1)])
 def test_difficulty_by_hand(prompt, want):
     """Carries, plus one when both operands have two digits or more (10 counts as two)."""
-    from rpo_mini.worlds import _difficulty
+    from rpo_mini.worlds import difficulty
 
-    assert _difficulty(prompt) == want
+    assert difficulty(prompt) == want
 
 
 def test_the_error_rate_is_capped_at_95_percent():
