@@ -32,9 +32,11 @@ r - tau*rho (`pg_loss`); A*-PO (Brantley et al., arXiv 2505.20686) estimates V*(
 pi_ref's samples (`apo_values`) and regresses on one fresh sample per prompt (`apo_loss`); online
 RPO and DRO are `rpo_loss` and `dro_loss` on fresh groups.
 
-`log_partition(..., estimator="uniform")` is exact for rewards replaced by their within-prompt
-quantile (`quantile_rewards`), the idea of QRPO (Matrenok et al., arXiv 2507.08068); "exact" is
-the enumerated log Z(x) of an exact world, where every response can be summed over.
+`log_partition(..., estimator="uniform")` is for rewards replaced by their within-prompt
+quantile (`quantile_rewards`), after QRPO (Matrenok et al., arXiv 2507.08068), whose quantiles
+under pi_ref make log Z a closed form; ours are the K samples' mid-ranks, so "uniform" is the
+"mean" estimator on the ranks (exact for the group's own K responses only). "exact" is the
+enumerated log Z(x) of an exact world, where every response can be summed over.
 
 Every loss returns `(loss, metrics)`: a scalar tensor and a dict of plain Python floats.
 Shapes: B (or N) is the number of (prompt, response, reward) samples, T the sequence
@@ -195,9 +197,14 @@ def log_partition(rewards, prompt_ids, tau, estimator="mean", ref_logps=None, ex
       "iw":      log Z_hat = logsumexp_{j in I_x}(ref_logps_j - behavior_logps_j + r_j / tau) - log K
                  (importance-weighted, for samples y_j ~ mu drawn from a known generator mu:
                  E_mu[pi_ref/mu e^{r/tau}] = Z, so it is "mean" corrected for off-policy data)
-      "uniform": log Z = log mean_{i=0..K-1} exp(i / ((K - 1) tau))          (rewards are mid-rank
+      "uniform": log Z_hat = log mean_{i=0..K-1} exp(i / ((K - 1) tau))      (rewards are mid-rank
                  quantiles, see quantile_rewards: K tie-free samples take exactly the values
-                 0, 1/(K-1), ..., 1, so this is exact, not estimated; K = 1 gives 0.5 / tau)
+                 0, 1/(K-1), ..., 1, so this is the "mean" estimator applied to the ranks, one
+                 number for every group of K. It is exact only for the group's own empirical
+                 distribution (a uniform pick among its K responses), not for pi_ref, whose
+                 quantiles are Uniform(0, 1) with Z = tau (e^{1/tau} - 1); and it inherits the
+                 log K cap of "mean" below. With ties the ranks are not evenly spaced and it is
+                 not even the mean over them. K = 1 gives 0.5 / tau)
       "exact":   exact_log_z, the enumerated log Z(x) of an exact world (`rpo_mini.exact`)
     Why: tau * log Z(x) = V*(x) is the shift that makes pi* normalise; RPO fixes it up front.
 
@@ -207,8 +214,8 @@ def log_partition(rewards, prompt_ids, tau, estimator="mean", ref_logps=None, ex
     other samples). "ref" is a partial sum of Z's own terms, meant for distinct responses: where
     samples repeat (a small response space), each copy counts again, and it overshoots by up
     to log K when all K are the same. The continuous-quantile closed form
-    log(tau (e^{1/tau} - 1)) is what "uniform" tends to as K grows; at K = 8, tau = 0.3 it is
-    0.11 nats too low (0.50 at tau = 0.1).
+    log(tau (e^{1/tau} - 1)) is what "uniform" tends to as K grows; "uniform" lies above it,
+    by 0.11 nats at K = 8, tau = 0.3 (0.50 at tau = 0.1).
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; valid: {', '.join(ESTIMATORS)}")
@@ -288,7 +295,8 @@ def quantile_rewards(rewards, prompt_ids):
     rewards (N,), prompt_ids (N,). Returns (N,) float. For a group of size n:
       q_i = (#{j : r_j < r_i} + 0.5 * (#{j : r_j = r_i} - 1)) / (n - 1),  and q = 0.5 if n = 1.
     Why: the mid-rank quantiles of K tie-free samples are exactly 0, 1/(K-1), ..., 1, whatever
-    the rewards were, which makes log Z exact ("uniform").
+    the rewards were, so every group's log Z_hat is one number ("uniform": the "mean" estimator
+    on the ranks, with its log K cap).
     """
     _validate(rewards=rewards, prompt_ids=prompt_ids)
     rewards = _float(rewards)
@@ -352,13 +360,15 @@ def rpo_loss(policy_logps, ref_logps, rewards, log_z, tau, weights=None):
 
 
 def dro_loss(policy_logps, ref_logps, rewards, values, tau, weights=None):
-    """Direct Reward Optimization loss (arXiv 2405.19107), scaled by 1/tau^2 to match RPO.
+    """Direct Reward Optimization loss (arXiv 2405.19107), scaled by 1/tau^2 into RPO's form.
 
     All inputs (B,); values = V_phi(x) from the value network; weights as in rpo_loss.
       L = 0.5 * mean((policy_logps - ref_logps - (r - V_phi(x)) / tau)^2)
     Gradients reach both the policy log-probs and the values (nothing detached): with separate
     policy and value parameters this joint loss gives DRO's two gradients.
-    Why: the same regression as RPO, but the shift V*(x) is learned instead of estimated.
+    Why: the same regression as RPO, but the shift V*(x) is learned instead of estimated. (The
+    1/tau^2 makes the two losses' values comparable; it does not change AdamW's steps, which are
+    invariant to a constant factor on the loss up to its epsilon.)
     """
     tau = _validate(tau, policy_logps=policy_logps, ref_logps=ref_logps, rewards=rewards, values=values)
     _check_weights(weights, policy_logps)
