@@ -88,16 +88,15 @@ TRAINING_SETTINGS = ("steps", "batch_size", "warmup", "grad_clip", "clip_separat
 # --- each objective's fixed inputs and minibatch loss ----------------------------------------
 
 def _rpo_prepare(rewards, data, ref_logps, cfg, tau, exact_log_z, once):
-    if cfg.estimator == "uniform":  # QRPO: quantile rewards make Z exact
-        rewards = losses.quantile_rewards(rewards, data.prompt_ids)
     # The partition: computed once, here, over the whole dataset, and never again.
     behavior = data.behavior_logps
     if cfg.estimator == "iw" and behavior is None:
         raise UserError('--estimator iw needs the log-probability of each response under the generator that '
                         'wrote it ("behavior_logp"): off-policy data in the arithmetic world has it, π_ref\'s own '
                         'samples and the reviews world\'s off-policy generator do not')
-    log_z = losses.log_partition(rewards, data.prompt_ids, tau, cfg.estimator, ref_logps=ref_logps.double(),
-                                 exact_log_z=exact_log_z, behavior_logps=behavior)
+    # (under "uniform", QRPO, the rewards become their quantiles, which make Z a closed form)
+    rewards, log_z = losses.rpo_inputs(rewards, data.prompt_ids, tau, cfg.estimator, ref_logps=ref_logps.double(),
+                                       exact_log_z=exact_log_z, behavior_logps=behavior)
     return {"rewards": rewards.float(), "log_z": log_z.float()}
 
 

@@ -279,6 +279,21 @@ def _group_logsumexp_others(values, group, num_groups):
     return torch.where(unique, _group_logsumexp(without, group, num_groups)[group], rest)
 
 
+def rpo_inputs(rewards, prompt_ids, tau, estimator="mean", ref_logps=None, exact_log_z=None,
+               behavior_logps=None):
+    """RPO's fixed per-sample inputs, computed once before training: (rewards, log_z), both (N,).
+
+    The rewards RPO regresses on (the given ones; under "uniform" their mid-rank quantiles,
+    `quantile_rewards`, which is what that estimator assumes) and log Z_hat(x) of each sample's
+    prompt from them (`log_partition`, same arguments). Why one function: the toy's alignment
+    and the TRL trainer (integrations/trl_rpo.py) must build the same target r/tau - log Z_hat.
+    """
+    if estimator == "uniform":
+        rewards = quantile_rewards(rewards, prompt_ids)
+    return rewards, log_partition(rewards, prompt_ids, tau, estimator, ref_logps=ref_logps,
+                                  exact_log_z=exact_log_z, behavior_logps=behavior_logps)
+
+
 def rpo_targets(rewards, log_z, tau):
     """RPO's regression target for the log-ratio, per sample.
 
