@@ -30,14 +30,19 @@ from .stats import (KL_THRESHOLDS, best_under_kl, difference_in_differences, mak
                     paired_difference, pareto_front, select_per_seed)
 from .tables import COLORS, ci_of, figure, mean_of, metric_table, pm, pmn, provenance, save, table
 
+# The online rows sample 32 fresh responses per step (8 prompts × groups of 4): 50 steps generate
+# 1,600, as many as the offline dataset (200 prompts × K = 8) that the other rows train on.
+ONLINE_STEPS = 50
 # {variant: {AlignConfig field: values}}: the settings are the product. Six per objective, each
 # over its learning rate and its own knob (SFT: which responses it imitates).
 GRID = {"full": {"sft": {"lr": [3e-5, 1e-4, 3e-4], "sft_mode": ["best", "above_mean"]},
                  "kto": {"lr": [1e-4, 3e-4], "beta": [0.1, 0.3, 1.0]},
                  "dro": {"lr": [3e-5, 1e-4], "dro_tau": [0.1, 0.3, 1.0]},
-                 "rpo": {"lr": [3e-5, 1e-4], "rpo_tau": [0.1, 0.3, 1.0]}},
+                 "rpo": {"lr": [3e-5, 1e-4], "rpo_tau": [0.1, 0.3, 1.0]},
+                 "rloo": {"lr": [3e-5, 1e-4], "rloo_tau": [0.1, 0.3, 1.0], "steps": [ONLINE_STEPS]},
+                 "rpo-online": {"lr": [3e-5, 1e-4], "rpo_tau": [0.1, 0.3, 1.0], "steps": [ONLINE_STEPS]}},
         "quick": {"kto": {"lr": [3e-4], "beta": [0.1]}, "dro": {"lr": [3e-4], "dro_tau": [0.3, 1.0]},
-                  "rpo": {"lr": [3e-4], "rpo_tau": [0.3, 1.0]}}}
+                  "rpo": {"lr": [3e-4], "rpo_tau": [0.3, 1.0]}, "rloo": {"lr": [3e-4], "rloo_tau": [0.3, 1.0]}}}
 # Off-policy: three settings each, τ = 0.1 included (KTO left out to fit a CPU run).
 OFFPOLICY_GRID = {"full": {"sft": {"lr": [1e-4, 3e-4, 1e-3]},
                            "dro": {"lr": [1e-4], "dro_tau": [0.1, 0.3, 1.0]},
@@ -167,6 +172,25 @@ def _sd(xs):
     return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else float("nan")
 
 
+FRESH = ("rloo", "rpo-online")  # the online rows (see ONLINE_STEPS)
+
+
+def online_contrasts(rows, variants) -> dict:
+    """The online rows against a learned value (offline DRO) and against each other (RLOO − online
+    RPO): {against: {"matched": {metric: [{kl, variant: [mean, ci, n]}]}, "tuned": {variant:
+    {metric: [mean, ci]}}}}, every difference paired by seed, at matched KL and tuned."""
+    out = {}
+    for against in ("dro", "rpo-online"):
+        if against not in variants or not any(v in variants for v in FRESH if v != against):
+            continue
+        others = [v for v in FRESH if v in variants and v != against]
+        out[against] = {
+            "matched": {m: [{"kl": e["kl"], **{v: e["minus_" + against][v] for v in others}}
+                            for e in matched_kl(rows, variants, m, KL_TARGETS, against=against)] for m in MATCHED},
+            "tuned": {v: t["minus_" + against] for v, t in tuned(rows, against=against).items() if v in others}}
+    return out
+
+
 def summary(d) -> dict:
     rows = [r for r in d["rows"] if math.isfinite(number(r["mean"].get("kl")))]
     variants = list(dict.fromkeys(r["variant"] for r in rows))
@@ -186,6 +210,7 @@ def summary(d) -> dict:
     out["matched"] = {m: matched_kl(rows, variants, m, KL_TARGETS) for m in MATCHED}
     out["tuned"] = tuned(rows)
     out["seed_spread"] = seed_spread(rows)
+    out["online"] = online_contrasts(rows, variants)
     return {"summary": out}
 
 
@@ -259,6 +284,13 @@ def markdown(d) -> str:
             "differences to RPO's tuned setting paired by seed (variant − RPO):", "",
             table(["variant", "chosen (of the seeds)", "gold", "gated gold", "KL", "Δgold", "Δgated gold", "ΔKL",
                    "Δdistinct-2", "Δtoxic"], lines)]
+    for against, c in s.get("online", {}).items():
+        ts = [e["kl"] for e in c["matched"]["gold"]]
+        lines = [[f"{v} − {against}", metric, *[pmn(e[v]) for e in c["matched"][metric]],
+                  pm(*c["tuned"][v][metric])] for metric in MATCHED for v in c["tuned"]]
+        out += ["", f"The online rows against {against}, paired by seed: Δ = variant − {against} at matched KL "
+                "(n = the seeds where both read) and tuned:", "",
+                table(["Δ", "metric", *[f"KL {t:g}" for t in ts], "tuned"], lines)]
     if s.get("seed_spread"):
         lines = [[f"{e['lr']:g}", *[f"{e[v]['label']} (KL {e[v]['kl']:.2f}): sd gold {e[v]['sd_gold']:.3f}, "
                                    f"sd KL {e[v]['sd_kl']:.3f}" for v in ("rpo", "dro")]] for e in s["seed_spread"]]

@@ -17,7 +17,8 @@ from rpo_mini.files import atomic_open
 
 # The objectives' colours are the library's; the experiments' own variants and baselines added.
 COLORS = {**report.COLORS, "rpo-ref": "tab:cyan", "rpo-global": "tab:red", "rpo-loo": "tab:olive",
-          "rpo-exact": "navy", "rpo-iw": "tab:brown", "dro-joint": "tab:pink", "dro-shared": "indigo", "none": "0.4"}
+          "rpo-exact": "navy", "rpo-iw": "tab:brown", "dro-joint": "tab:pink", "dro-shared": "indigo", "none": "0.4",
+          "rpo-online": "darkturquoise", "dro-online": "mediumpurple"}
 
 
 # --- markdown ----------------------------------------------------------------------------------

@@ -179,6 +179,32 @@ def test_matched_kl_reads_each_seed_s_front_and_pairs_the_differences_by_seed():
     assert near["value"]["rpo"][2] == 3 and near["value"]["dro"][2] == 1  # within [0.75, 3]: dro seed 2 only
 
 
+def test_online_contrasts_pair_the_online_rows_with_dro_and_with_each_other():
+    """MATCHED_RUNS with rpo's runs as rloo, and rpo-online = rloo + 0.1 everywhere. By hand at KL 2
+    (reads within [1, 4]): rloo 0.6, 0.55, 0.3 (seeds 0-2); dro only seed 2, 0.3 + 0.3·1/2 = 0.45
+    (seed 0's lower neighbour 0.5 is too far, seed 1's front ends at 1). Tuned (best validation):
+    rloo 0.6, 0.7, 0.3; dro 0.9, 0.5 (the first of a tie), 0.6."""
+    import statistics
+
+    jobs, results = [], []
+    for (v, tau), by_seed in MATCHED_RUNS.items():
+        for name, shift in ((("rloo", 0.0), ("rpo-online", 0.1)) if v == "rpo" else ((v, 0.0),)):
+            for seed, (kl, gold) in by_seed.items():
+                jobs.append(_job(name, {"dro_tau" if name == "dro" else "rpo_tau": tau}))
+                g = gold + shift
+                results.append({"seed": seed, "diverged": False, "kl": kl, "gold": g, "gated_gold": g,
+                                "val_kl": kl, "val_gold": g, "val_gated_gold": g})
+    c = frontier.online_contrasts(stats.make_rows(jobs, results), ["dro", "rloo", "rpo-online"])
+    at2 = {e["kl"]: e for e in c["dro"]["matched"]["gold"]}[2.0]
+    assert at2["rloo"][0] == pytest.approx(0.3 - 0.45) and at2["rloo"][2] == 1
+    assert at2["rpo-online"][0] == pytest.approx(0.4 - 0.45) and at2["rpo-online"][2] == 1
+    loo = {e["kl"]: e for e in c["rpo-online"]["matched"]["gold"]}[2.0]["rloo"]
+    assert loo[0] == pytest.approx(-0.1) and loo[2] == 3 and set(c["rpo-online"]["tuned"]) == {"rloo"}
+    assert c["dro"]["tuned"]["rloo"]["gold"][0] == pytest.approx(statistics.fmean([0.6 - 0.9, 0.7 - 0.5, 0.3 - 0.6]))
+    assert c["rpo-online"]["tuned"]["rloo"]["gated_gold"][0] == pytest.approx(-0.1)
+    assert frontier.online_contrasts(stats.make_rows(jobs, results), ["dro"]) == {}  # no online rows, no contrasts
+
+
 def test_matched_kl_builds_the_front_on_validation_and_reads_it_on_test():
     """A setting on the test front but off the validation front is not used."""
     from types import SimpleNamespace
