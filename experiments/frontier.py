@@ -181,9 +181,9 @@ def online_contrasts(rows, variants) -> dict:
     {metric: [mean, ci]}}}}, every difference paired by seed, at matched KL and tuned."""
     out = {}
     for against in ("dro", "rpo-online"):
-        if against not in variants or not any(v in variants for v in FRESH if v != against):
-            continue
         others = [v for v in FRESH if v in variants and v != against]
+        if against not in variants or not others:
+            continue
         out[against] = {
             "matched": {m: [{"kl": e["kl"], **{v: e["minus_" + against][v] for v in others}}
                             for e in matched_kl(rows, variants, m, KL_TARGETS, against=against)] for m in MATCHED},

@@ -26,11 +26,12 @@ from integrations.trl_rpo import RPOConfig, RPOTrainer  # noqa: E402
 
 GOOD, BAD = ["great", "lovely", "superb", "fine"], ["awful", "dull", "bad", "poor"]
 SUBJECTS = ["the film", "this book", "our meal", "the show", "that song", "my trip", "the hotel", "her talk"]
+VERBS = ["was", "is", "seemed"]
 TAU = 0.7  # deliberately not RPOConfig's default
 
 
 def make_tokenizer():
-    corpus = [f"{s} was {w} and {v}." for s in SUBJECTS for w in GOOD + BAD for v in GOOD + BAD]
+    corpus = [f"{s} {verb} {w} and {v}." for s in SUBJECTS for verb in VERBS for w in GOOD + BAD for v in GOOD + BAD]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -55,13 +56,15 @@ def tiny_model(tok, seed=0):
                                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
 
 
-def rows(n_prompts=8, seed=0):
-    """Unequal groups: prompt p has 2 + p % 5 completions; reward = #good − #bad words."""
+def rows(n_prompts=24, seed=0):
+    """Unequal groups: prompt p has 3 + p % 16 completions (220 rows for 24 prompts);
+    reward = #good − #bad words."""
     rng, out = random.Random(seed), []
-    for p, s in enumerate(SUBJECTS[:n_prompts]):
-        for _ in range(2 + p % 5):
+    prompts = [f"{s} {verb}" for verb in VERBS for s in SUBJECTS]
+    for p, prompt in enumerate(prompts[:n_prompts]):
+        for _ in range(3 + p % 16):
             words = [rng.choice(GOOD + BAD) for _ in range(rng.randint(1, 3))]
-            out.append({"prompt": f"{s} was", "completion": " " + " and ".join(words) + ".",
+            out.append({"prompt": prompt, "completion": " " + " and ".join(words) + ".",
                         "reward": float(sum(w in GOOD for w in words) - sum(w in BAD for w in words))})
     return out
 
