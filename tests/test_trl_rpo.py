@@ -13,9 +13,9 @@ import statistics
 import pytest
 import torch
 
-pytest.importorskip("trl", reason="the TRL extra: pip install -e '.[trl]'")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")             # nothing may download
+os.environ.setdefault("HF_HUB_OFFLINE", "1")             # nothing may download (set before any HF import)
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+pytest.importorskip("trl", reason="the TRL extra: pip install -e '.[trl]'")
 
 from datasets import Dataset  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
