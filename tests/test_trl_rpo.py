@@ -158,6 +158,36 @@ def test_training_raises_the_best_completion_and_lowers_the_worst(tmp_path, tok)
     assert logged[-1]["loss"] < logged[0]["loss"]
 
 
+def test_gradient_accumulation_takes_the_full_batch_step(tmp_path, tok):
+    """One plain SGD step (no clipping: a wrong scale would show) on 8 rows, and on the same 8 rows
+    as two accumulated micro-batches of 4, give the same parameters: rpo_loss is a per-batch mean,
+    which the Trainer divides by the number of accumulation steps (`loss_is_scaled_for_ga`)."""
+    data = Dataset.from_list(rows())
+    after = []
+    for size, accumulate in ((8, 1), (4, 2)):
+        trainer = RPOTrainer(tiny_model(tok), args=config(
+            tmp_path / f"ga{accumulate}", per_device_train_batch_size=size, gradient_accumulation_steps=accumulate,
+            max_steps=1, optim="sgd", learning_rate=0.5, max_grad_norm=0.0, lr_scheduler_type="constant"),
+            train_dataset=data, processing_class=tok)
+        trainer.train()
+        after.append(torch.cat([p.detach().flatten() for p in trainer.model.parameters()]))
+    before = torch.cat([p.detach().flatten() for p in tiny_model(tok).parameters()])
+    assert (after[0] - before).abs().max() > 1e-3
+    assert torch.allclose(after[0], after[1], atol=1e-6)
+
+
+def test_bf16_computes_the_reference_under_the_same_autocast(tmp_path, tok):
+    """With bf16 (CPU autocast) π_ref's log-probs are computed under the autocast the training
+    forward runs in, so the log-ratio is exactly 0 before the first update (in float32 outside
+    the autocast it would be off by about 1e-4)."""
+    trainer = RPOTrainer(tiny_model(tok), args=config(tmp_path, bf16=True, max_steps=1),
+                         train_dataset=Dataset.from_list(rows()), eval_dataset=Dataset.from_list(rows(seed=1)),
+                         processing_class=tok)
+    assert trainer.evaluate()["eval_log_ratio"] == pytest.approx(0, abs=1e-7)
+    trainer.train()
+    assert trainer.state.log_history[0]["log_ratio"] == pytest.approx(0, abs=1e-7)
+
+
 # --- π_ref, saving, adapters --------------------------------------------------------------------
 
 def test_reference_stays_frozen_and_defaults_to_the_untrained_model(tmp_path, tok):
