@@ -9,7 +9,9 @@ of "POSITIVE", `--reward_model`); `--reward lexicon` counts positive minus negat
 short list, and needs no second model. Prompts: `--prompts FILE` (one per line), or twelve
 built-in review openings. The triplets are written to OUT/triplets (a `datasets` folder) by the
 first process, and read from there when it exists, so a rerun trains on the same data.
-Bad input (no prompts, a missing file, data RPOTrainer refuses) exits with code 2 and one message.
+The trained model goes to OUT/final (with `--lora`, its adapter: load it with peft's
+`AutoPeftModelForCausalLM`). Bad input (no prompts, a missing file, data RPOTrainer refuses) exits
+with code 2 and one message.
 """
 
 import argparse
