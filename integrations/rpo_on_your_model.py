@@ -38,7 +38,7 @@ def parse(argv=None):
     p.add_argument("--reward_model", default="distilbert/distilbert-base-uncased-finetuned-sst-2-english",
                    help="the sentiment classifier of --reward sentiment")
     p.add_argument("--tau", type=float, default=0.3, help="RPO's τ, in reward standard deviations")
-    p.add_argument("--estimator", default="mean", choices=("mean", "loo", "ref", "uniform"), help="log Ẑ(x) estimator")
+    p.add_argument("--estimator", default="mean", help="log Ẑ(x) estimator: mean, loo, ref or uniform (RPOConfig)")
     p.add_argument("--lr", type=float, default=1e-6, help="learning rate")
     p.add_argument("--epochs", type=float, default=1.0, help="passes over the triplets")
     p.add_argument("--max_steps", type=int, default=-1, help="optimizer steps (overrides --epochs when > 0)")
@@ -108,7 +108,13 @@ def main(argv=None):
 
     from integrations.trl_rpo import RPOConfig, RPOTrainer
 
-    prompts = read_prompts(args.prompts)  # before anything is loaded: bad input fails at once
+    # bad input fails at once, before anything is loaded or sampled
+    prompts = read_prompts(args.prompts)
+    config = RPOConfig(output_dir=args.out, tau=args.tau, estimator=args.estimator, learning_rate=args.lr,
+                       num_train_epochs=args.epochs, max_steps=args.max_steps,
+                       per_device_train_batch_size=args.batch_size, logging_steps=10, save_strategy="no",
+                       report_to=[], seed=args.seed, use_cpu=not torch.cuda.is_available(),
+                       bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     state = PartialState()
     tok = AutoTokenizer.from_pretrained(args.model)
     if tok.pad_token is None:
@@ -126,11 +132,6 @@ def main(argv=None):
     if args.lora:
         from peft import LoraConfig
         peft_config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
-    config = RPOConfig(output_dir=args.out, tau=args.tau, estimator=args.estimator, learning_rate=args.lr,
-                       num_train_epochs=args.epochs, max_steps=args.max_steps,
-                       per_device_train_batch_size=args.batch_size, logging_steps=10, save_strategy="no",
-                       report_to=[], seed=args.seed, use_cpu=not torch.cuda.is_available(),
-                       bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     trainer = RPOTrainer(model, args=config, train_dataset=data, processing_class=tok, peft_config=peft_config)
     trainer.train()
     trainer.save_model(os.path.join(args.out, "final"))

@@ -345,6 +345,8 @@ def test_example_samples_scores_trains_and_saves(tmp_path, tok):
     assert example.lexicon_rewards(["A great, LOVELY... dull film!", "superb"]) == [0.0, 1.0]  # +great −dull; "lovely" is not listed
     with pytest.raises(ValueError, match="no such file"):
         example.main(argv[:4] + ["--prompts", str(tmp_path / "missing.txt")])
+    with pytest.raises(ValueError, match="unknown estimator 'exact'"):   # refused before any sampling
+        example.main(argv[:4] + ["--estimator", "exact"])
 
 
 def test_example_exits_2_on_bad_input(tmp_path):
